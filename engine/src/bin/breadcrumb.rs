@@ -1,0 +1,351 @@
+//! `breadcrumb`: run the engine, the embedded demo, a workload generator or the checker.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use breadcrumb_engine::config::{redacted_kafka, EngineConfig, LogFormat};
+use breadcrumb_engine::generate::{self, WorkloadSpec};
+use breadcrumb_engine::http::{self, Health};
+use breadcrumb_engine::metrics::Metrics;
+use breadcrumb_engine::{demo, runtime, topics, verify};
+use clap::{Parser, Subcommand};
+use rdkafka::ClientConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "breadcrumb",
+    version,
+    about = "Exactly-once event dedupe and lineage over Kafka."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine with a configuration file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without connecting to Kafka.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Run the real pipeline on an embedded broker over a payments workload, and summarise.
+    Demo {
+        /// Records to produce.
+        #[arg(long, default_value_t = 50_000)]
+        records: u64,
+        /// Percentage of producer-retry duplicates.
+        #[arg(long, default_value_t = 8.0)]
+        duplicate_percent: f64,
+        /// Percentage of conflicting reuses of an id.
+        #[arg(long, default_value_t = 0.5)]
+        conflict_percent: f64,
+        /// Percentage of poison records.
+        #[arg(long, default_value_t = 0.4)]
+        poison_percent: f64,
+    },
+    /// Produce a synthetic payments workload (CloudEvents, structured mode) to a broker.
+    Generate {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Records per second; 0 for as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 10.0)]
+        duplicate_percent: f64,
+        #[arg(long, default_value_t = 0.5)]
+        conflict_percent: f64,
+        #[arg(long, default_value_t = 0.5)]
+        poison_percent: f64,
+        /// Distinct accounts (Kafka keys).
+        #[arg(long, default_value_t = 1_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Create the topic with this many partitions if it is missing.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+    /// Check that every distinct input id appears exactly once in a pipeline's output.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The pipeline to check; the only one when omitted.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Transaction journals of the engines (for brokers that show aborted records).
+        #[arg(long = "journal")]
+        journals: Vec<PathBuf>,
+        /// How long reading the topics may take, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_seconds: u64,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig { file } => match EngineConfig::load(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: valid ({} pipeline(s): {})",
+                    file.display(),
+                    config.pipelines.len(),
+                    config
+                        .pipelines
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", file.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Run { config } => {
+            let config = EngineConfig::load(&config)?;
+            init_logging(config.logging.format, &config.logging.level);
+            run_engine(config)
+        }
+        Command::Demo {
+            records,
+            duplicate_percent,
+            conflict_percent,
+            poison_percent,
+        } => {
+            init_logging(LogFormat::Text, "warn");
+            println!("Starting an embedded Kafka broker and the breadcrumb pipeline...");
+            let summary = demo::run(&demo::DemoOptions {
+                records,
+                duplicate_percent,
+                conflict_percent,
+                poison_percent,
+                progress: std::io::stderr().is_terminal(),
+            })?;
+            println!("{}", summary.render());
+            Ok(if summary.conserved() && summary.output_exactly_once {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Generate {
+            bootstrap,
+            topic,
+            records,
+            rate,
+            duplicate_percent,
+            conflict_percent,
+            poison_percent,
+            keys,
+            seed,
+            partitions,
+        } => {
+            init_logging(LogFormat::Text, "warn");
+            let mut client = ClientConfig::new();
+            client.set("bootstrap.servers", &bootstrap);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(topics::ensure(
+                &client,
+                &[topics::TopicSpec {
+                    name: topic.clone(),
+                    partitions,
+                    compacted: false,
+                    exact_partitions: false,
+                }],
+                1,
+            ))?;
+            let counts = generate::produce(
+                &client,
+                &topic,
+                WorkloadSpec {
+                    records,
+                    duplicate_percent,
+                    conflict_percent,
+                    poison_percent,
+                    accounts: keys,
+                    seed,
+                    ..WorkloadSpec::default()
+                },
+                rate,
+                |_| {},
+            )?;
+            println!(
+                "produced {} records to {topic}: {} new, {} duplicates, {} conflicts, {} poison",
+                counts.total(),
+                counts.new,
+                counts.duplicates,
+                counts.conflicts,
+                counts.poison
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            config,
+            pipeline,
+            journals,
+            timeout_seconds,
+        } => {
+            let config = EngineConfig::load(&config)?;
+            init_logging(LogFormat::Text, "warn");
+            let pipeline = match pipeline {
+                Some(name) => name,
+                None if config.pipelines.len() == 1 => {
+                    config.pipelines.keys().next().cloned().unwrap_or_default()
+                }
+                None => anyhow::bail!("several pipelines are configured: name one with --pipeline"),
+            };
+            let report = verify::verify(
+                &config,
+                &pipeline,
+                &journals,
+                Duration::from_secs(timeout_seconds),
+            )?;
+            println!(
+                "input: {} records, {} distinct ids, {} undecodable",
+                report.input_records, report.distinct_input_ids, report.undecodable_input
+            );
+            println!(
+                "output: {} committed records ({} from aborted transactions ignored)",
+                report.output_records, report.aborted_output_records
+            );
+            for id in report.lost.iter().take(20) {
+                println!("lost: {id}");
+            }
+            for (id, count) in report.duplicated.iter().take(20) {
+                println!("duplicated: {id} ({count} times)");
+            }
+            for id in report.unexpected.iter().take(20) {
+                println!("unexpected: {id}");
+            }
+            println!(
+                "lost {}, duplicated {}, unexpected {}",
+                report.lost.len(),
+                report.duplicated.len(),
+                report.unexpected.len()
+            );
+            if report.exactly_once() {
+                println!("exactly once: yes");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("exactly once: NO");
+                Ok(ExitCode::from(2))
+            }
+        }
+    }
+}
+
+fn run_engine(config: EngineConfig) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(config);
+    tracing::info!(
+        application_id = %config.application_id,
+        instance_id = %config.instance_id(),
+        guarantee = ?config.processing_guarantee,
+        kafka = ?redacted_kafka(&config.kafka),
+        "Starting breadcrumb."
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let metrics = Metrics::new();
+    let health = Health::new();
+    let shutdown = Arc::new(AtomicBool::new(false));
+
+    runtime
+        .block_on(async {
+            let specs = runtime::planned_topics(&config)?;
+            topics::ensure(
+                &runtime::base_client_config(&config),
+                &specs,
+                config.replication_factor,
+            )
+            .await?;
+            anyhow::Ok(())
+        })
+        .context("preparing topics")?;
+
+    if config.http.enabled {
+        let address = config
+            .http
+            .listen_address
+            .parse()
+            .with_context(|| format!("http.listen_address `{}`", config.http.listen_address))?;
+        let metrics = metrics.clone();
+        let health = health.clone();
+        runtime.spawn(async move {
+            if let Err(error) = http::serve(address, metrics, health).await {
+                tracing::error!(%error, "Metrics server stopped.");
+            }
+        });
+    }
+    {
+        let shutdown = shutdown.clone();
+        runtime.spawn(async move {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("Shutting down: finishing the open transaction.");
+            shutdown.store(true, Ordering::Release);
+        });
+    }
+    let engine = {
+        let config = config.clone();
+        let metrics = metrics.clone();
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("breadcrumb-engine".to_owned())
+            .spawn(move || runtime::run(config, metrics, health, shutdown))?
+    };
+    let result = engine
+        .join()
+        .map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
+    tracing::info!("Stopped cleanly.");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,513 @@
+//! Engine configuration: one TOML file, then `BREADCRUMB__SECTION__KEY` environment overrides.
+//!
+//! Layers, lowest first: the defaults below, the file, the environment. Structure errors (an
+//! unknown key, a wrong type) are reported with the key's full path; then [`EngineConfig::validate`]
+//! reports every cross-field problem at once, each naming its key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use breadcrumb_operators::dedupe::DedupeConfig;
+use breadcrumb_schemas::DecoderConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// Prefix of environment overrides; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "BREADCRUMB";
+
+/// Kafka Streams' default for exactly-once: short enough for low end-to-end latency, long enough
+/// to amortise the transaction round trips.
+pub const fn default_commit_interval_ms() -> u64 {
+    100
+}
+
+/// Bounds the records one transaction carries (and so the overlay and producer queue).
+pub const fn default_max_records_per_transaction() -> usize {
+    100_000
+}
+
+/// librdkafka's default transaction timeout.
+pub const fn default_transaction_timeout_ms() -> u64 {
+    60_000
+}
+
+/// How much a consumer may prefetch per partition ahead of processing (librdkafka
+/// `queued.max.messages.kbytes`).
+pub const fn default_max_prefetch_kbytes() -> u64 {
+    16 * 1024
+}
+
+pub const fn default_restore_timeout_ms() -> u64 {
+    300_000
+}
+
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("./breadcrumb-state")
+}
+
+pub fn default_metrics_address() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+
+/// `-1` asks the broker for its default replication factor (KIP-464).
+pub const fn default_replication_factor() -> i32 {
+    -1
+}
+
+pub const fn default_block_cache_bytes() -> usize {
+    128 << 20
+}
+
+pub const fn default_write_buffer_bytes() -> usize {
+    32 << 20
+}
+
+pub fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// Exactly-once (transactions) or at-least-once (plain commits after outputs are acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    #[default]
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Consumer group id, transactional-id prefix and prefix of internal topics. Every instance
+    /// of one deployment uses the same value.
+    pub application_id: String,
+    /// This instance's stable identity within the deployment; with `application_id` it forms the
+    /// transactional id, so a restarted instance fences its previous incarnation. Defaults to the
+    /// host name.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// `exactly_once` (default) or `at_least_once`.
+    #[serde(default)]
+    pub processing_guarantee: ProcessingGuarantee,
+    /// How often the open transaction commits, in milliseconds.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// A transaction commits early once it holds this many input records; bounds how far
+    /// processing runs ahead of the last commit.
+    #[serde(default = "default_max_records_per_transaction")]
+    pub max_records_per_transaction: usize,
+    /// Kafka transaction timeout in milliseconds; a crashed instance's open transaction is
+    /// aborted by the broker after this long.
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// Consumer prefetch bound per partition, in KiB.
+    #[serde(default = "default_max_prefetch_kbytes")]
+    pub max_prefetch_kbytes: u64,
+    /// Dead-letter topic; defaults to `<application_id>-dlq`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Replication factor of topics breadcrumb creates; -1 uses the broker default.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Append a line per transaction (its id, then whether it committed) to this file, so test
+    /// harnesses can tell committed output from aborted output on brokers that leak the latter.
+    #[serde(default)]
+    pub transaction_journal_path: Option<PathBuf>,
+    /// librdkafka properties passed as they are (`"bootstrap.servers"`, SASL, TLS...). In
+    /// environment overrides, `_` stands for `.` (`BREADCRUMB__KAFKA__BOOTSTRAP_SERVERS`).
+    #[serde(default)]
+    pub kafka: BTreeMap<String, String>,
+    /// Local state.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Metrics and health endpoints.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Pipelines by name.
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// `[state]`: RocksDB placement and memory bounds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the RocksDB instance; one per engine instance.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Shared block cache, bytes.
+    #[serde(default = "default_block_cache_bytes")]
+    pub block_cache_bytes: usize,
+    /// Memtable size per store, bytes.
+    #[serde(default = "default_write_buffer_bytes")]
+    pub write_buffer_bytes: usize,
+    /// Longest a partition's restore may take before the engine gives up and retries, ms.
+    #[serde(default = "default_restore_timeout_ms")]
+    pub restore_timeout_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+            block_cache_bytes: default_block_cache_bytes(),
+            write_buffer_bytes: default_write_buffer_bytes(),
+            restore_timeout_ms: default_restore_timeout_ms(),
+        }
+    }
+}
+
+/// `[http]`: Prometheus `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve the endpoints at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `host:port` to listen on.
+    #[serde(default = "default_metrics_address")]
+    pub listen_address: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_address: default_metrics_address(),
+        }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `breadcrumb_engine=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+/// What a pipeline re-keys its input by before its stateful stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepartitionKey {
+    /// The event id: copies of one event meet on one partition whatever their Kafka key.
+    EventId,
+    /// The trace id of the event's `traceparent`.
+    TraceId,
+    /// The event subject (business key).
+    Subject,
+}
+
+/// `[pipelines.<name>]`: input topics, decoding, operators, outputs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Topics read by this pipeline (they must exist). More than one requires `repartition_by`,
+    /// so that state has a single owning topic.
+    pub input_topics: Vec<String>,
+    /// How input records are decoded.
+    pub decoder: DecoderConfig,
+    /// Re-key records through the internal topic `<application_id>-<pipeline>-repartition`
+    /// before the operators, in the same transaction.
+    #[serde(default)]
+    pub repartition_by: Option<RepartitionKey>,
+    /// Where first copies go.
+    pub output_topic: String,
+    /// Where duplicates go; when unset they are counted and not republished.
+    #[serde(default)]
+    pub duplicates_topic: Option<String>,
+    /// Where conflicts (same id, different payload) go; defaults to `<output_topic>-conflicts`.
+    #[serde(default)]
+    pub conflicts_topic: Option<String>,
+    /// The dedupe operator.
+    #[serde(default)]
+    pub dedupe: DedupeConfig,
+}
+
+impl PipelineConfig {
+    pub fn conflicts_topic(&self) -> String {
+        self.conflicts_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-conflicts", self.output_topic))
+    }
+}
+
+impl EngineConfig {
+    /// Loads `path` (TOML) with environment overrides, then validates.
+    pub fn load(path: &Path) -> Result<Self> {
+        let builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        let layered = builder
+            .build()
+            .map_err(|error| EngineError::Config(vec![redact_config_error(&error.to_string())]))?;
+        Self::from_layered(layered)
+    }
+
+    /// Parses a TOML string without environment overrides (tests, the embedded demo).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let layered = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|error| EngineError::Config(vec![error.to_string()]))?;
+        Self::from_layered(layered)
+    }
+
+    fn from_layered(layered: config::Config) -> Result<Self> {
+        // The `config` crate reads `"bootstrap.servers"` as a nested path; librdkafka keys are
+        // flattened back to dotted names before typed deserialisation.
+        let mut tree: serde_json::Value = layered
+            .try_deserialize()
+            .map_err(|error| EngineError::Config(vec![error.to_string()]))?;
+        if let Some(kafka) = tree.get_mut("kafka") {
+            let mut flat = serde_json::Map::new();
+            flatten_kafka(kafka, "", &mut flat);
+            *kafka = serde_json::Value::Object(flat);
+        }
+        let config: EngineConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
+            let path = error.path().to_string();
+            EngineError::Config(vec![format!("{path}: {}", error.inner())])
+        })?;
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(EngineError::Config(errors))
+        }
+    }
+
+    /// Every cross-field problem, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.application_id.trim().is_empty() {
+            errors.push("application_id: must not be empty".to_owned());
+        }
+        if !self
+            .application_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errors.push(
+                "application_id: only ASCII letters, digits, '-', '_' and '.' (it names topics)"
+                    .to_owned(),
+            );
+        }
+        if self.commit_interval_ms == 0 {
+            errors.push("commit_interval_ms: must be positive".to_owned());
+        }
+        if self.max_records_per_transaction == 0 {
+            errors.push("max_records_per_transaction: must be positive".to_owned());
+        }
+        if self.transaction_timeout_ms <= self.commit_interval_ms {
+            errors.push(format!(
+                "transaction_timeout_ms: must exceed commit_interval_ms ({} <= {})",
+                self.transaction_timeout_ms, self.commit_interval_ms
+            ));
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            errors.push("replication_factor: must be -1 (broker default) or positive".to_owned());
+        }
+        if !self.kafka.contains_key("bootstrap.servers") {
+            errors.push("kafka.\"bootstrap.servers\": required".to_owned());
+        }
+        for reserved in [
+            "group.id",
+            "transactional.id",
+            "enable.auto.commit",
+            "isolation.level",
+            "partition.assignment.strategy",
+        ] {
+            if self.kafka.contains_key(reserved) {
+                errors.push(format!(
+                    "kafka.\"{reserved}\": set by breadcrumb itself (exactly-once depends on it); remove it"
+                ));
+            }
+        }
+        if self.pipelines.is_empty() {
+            errors.push("pipelines: at least one pipeline is required".to_owned());
+        }
+        let mut seen_inputs: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, pipeline) in &self.pipelines {
+            let prefix = format!("pipelines.{name}");
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            {
+                errors.push(format!(
+                    "{prefix}: pipeline names use ASCII letters, digits, '-' and '_' (they name stores and topics)"
+                ));
+            }
+            if pipeline.input_topics.is_empty() {
+                errors.push(format!(
+                    "{prefix}.input_topics: at least one topic is required"
+                ));
+            }
+            if pipeline.input_topics.len() > 1 && pipeline.repartition_by.is_none() {
+                errors.push(format!(
+                    "{prefix}.repartition_by: required when a pipeline reads more than one topic, so its state has a single owning topic"
+                ));
+            }
+            for topic in &pipeline.input_topics {
+                if let Some(other) = seen_inputs.insert(topic, name) {
+                    errors.push(format!(
+                        "{prefix}.input_topics: `{topic}` is already read by pipeline `{other}`"
+                    ));
+                }
+                if topic == &pipeline.output_topic {
+                    errors.push(format!(
+                        "{prefix}.output_topic: must differ from the input topic `{topic}`"
+                    ));
+                }
+            }
+            if pipeline.output_topic.trim().is_empty() {
+                errors.push(format!("{prefix}.output_topic: must not be empty"));
+            }
+            errors.extend(pipeline.decoder.validate(&format!("{prefix}.decoder")));
+            errors.extend(pipeline.dedupe.validate(&format!("{prefix}.dedupe")));
+        }
+        errors
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-dlq", self.application_id))
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(host_name)
+    }
+
+    /// The transactional id of this instance.
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{}", self.application_id, self.instance_id())
+    }
+
+    /// The changelog topic of a store.
+    pub fn changelog_topic(&self, store: &str) -> String {
+        format!("{}-{store}-changelog", self.application_id)
+    }
+
+    /// The repartition topic of a pipeline.
+    pub fn repartition_topic(&self, pipeline: &str) -> String {
+        format!("{}-{pipeline}-repartition", self.application_id)
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "breadcrumb".to_owned())
+}
+
+/// Turns `{"bootstrap": {"servers": "x"}}` back into `{"bootstrap.servers": "x"}`; environment
+/// keys (`bootstrap_servers`) map `_` to `.` since librdkafka property names have no `_`.
+fn flatten_kafka(
+    value: &serde_json::Value,
+    prefix: &str,
+    out: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                let key = key.replace('_', ".");
+                let name = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten_kafka(child, &name, out);
+            }
+        }
+        serde_json::Value::String(text) => {
+            out.insert(prefix.to_owned(), serde_json::Value::String(text.clone()));
+        }
+        other => {
+            out.insert(
+                prefix.to_owned(),
+                serde_json::Value::String(other.to_string()),
+            );
+        }
+    }
+}
+
+/// librdkafka keys whose values are secrets: never logged, printed or put in errors.
+pub fn is_secret_kafka_key(key: &str) -> bool {
+    key.contains("password")
+        || key.contains("secret")
+        || key.ends_with(".key.pem")
+        || key.contains("sasl.oauthbearer.config")
+        || key == "ssl.key.pem"
+}
+
+/// The `[kafka]` table with secret values masked, for logs.
+pub fn redacted_kafka(kafka: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    kafka
+        .iter()
+        .map(|(key, value)| {
+            let shown = if is_secret_kafka_key(key) {
+                "<redacted>".to_owned()
+            } else {
+                value.clone()
+            };
+            (key.clone(), shown)
+        })
+        .collect()
+}
+
+fn redact_config_error(message: &str) -> String {
+    // The config crate may quote a value in a parse error; parse errors about the kafka table
+    // are reduced to their location so a password can never be echoed.
+    if message.contains("password") || message.contains("secret") {
+        "configuration could not be parsed (details withheld: they may contain a secret)".to_owned()
+    } else {
+        message.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+application_id = "billing-dedupe"
+
+[kafka]
+"bootstrap.servers" = "localhost:9092"
+"sasl.password" = "hunter2"
+
+[pipelines.payments]
+input_topics = ["payments"]
+output_topic = "payments-deduped"
+
+[pipelines.payments.decoder]
+format = "cloudevents"
+"#;
+
+#[test]
+fn config_minimal_file_gets_named_defaults() {
+    let config = EngineConfig::from_toml(MINIMAL).unwrap();
+    assert_eq!(config.commit_interval_ms, default_commit_interval_ms());
+    assert_eq!(
+        config.processing_guarantee,
+        ProcessingGuarantee::ExactlyOnce
+    );
+    assert_eq!(config.dead_letter_topic(), "billing-dedupe-dlq");
+    assert_eq!(
+        config.kafka.get("bootstrap.servers").map(String::as_str),
+        Some("localhost:9092"),
+        "dotted librdkafka keys survive the config crate's nesting"
+    );
+    let pipeline = &config.pipelines["payments"];
+    assert_eq!(pipeline.conflicts_topic(), "payments-deduped-conflicts");
+    assert_eq!(pipeline.dedupe.ttl_ms, 7 * 24 * 3_600_000);
+    assert_eq!(
+        config.changelog_topic("payments-dedupe"),
+        "billing-dedupe-payments-dedupe-changelog"
+    );
+}
+
+#[test]
+fn config_unknown_key_is_rejected_with_its_path() {
+    let text = MINIMAL.replace(
+        "output_topic = \"payments-deduped\"",
+        "output_topic = \"payments-deduped\"\noutput_topics = \"x\"",
+    );
+    let error = EngineConfig::from_toml(&text).unwrap_err().to_string();
+    assert!(error.contains("pipelines.payments"), "{error}");
+    assert!(error.contains("output_topics"), "{error}");
+}
+
+#[test]
+fn config_validation_reports_every_problem_naming_keys() {
+    let text = r#"
+application_id = "bad id"
+commit_interval_ms = 0
+
+[kafka]
+"group.id" = "mine"
+
+[pipelines.payments]
+input_topics = ["a", "b"]
+output_topic = "a"
+
+[pipelines.payments.decoder]
+format = "json"
+id_path = "payment/id"
+
+[pipelines.payments.dedupe]
+ttl_ms = -1
+"#;
+    let EngineError::Config(errors) = EngineConfig::from_toml(text).unwrap_err() else {
+        panic!("expected a configuration error");
+    };
+    let joined = errors.join("\n");
+    for key in [
+        "application_id",
+        "commit_interval_ms",
+        "kafka.\"bootstrap.servers\"",
+        "kafka.\"group.id\"",
+        "pipelines.payments.repartition_by",
+        "pipelines.payments.output_topic",
+        "pipelines.payments.decoder.id_path",
+        "pipelines.payments.dedupe.ttl_ms",
+    ] {
+        assert!(
+            errors.iter().any(|error| error.starts_with(key)),
+            "no error names `{key}`:\n{joined}"
+        );
+    }
+}
+
+#[test]
+fn config_secrets_are_redacted_for_logs() {
+    let config = EngineConfig::from_toml(MINIMAL).unwrap();
+    let shown = format!("{:?}", redacted_kafka(&config.kafka));
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<redacted>"));
+}
+
+#[test]
+fn config_environment_overrides_the_file() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("breadcrumb.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    // Environment variables are process-wide; these names are used by this test only.
+    std::env::set_var("BREADCRUMB__COMMIT_INTERVAL_MS", "250");
+    std::env::set_var("BREADCRUMB__KAFKA__BOOTSTRAP_SERVERS", "broker-a:9092");
+    let loaded = EngineConfig::load(&path);
+    std::env::remove_var("BREADCRUMB__COMMIT_INTERVAL_MS");
+    std::env::remove_var("BREADCRUMB__KAFKA__BOOTSTRAP_SERVERS");
+    let config = loaded.unwrap();
+    assert_eq!(config.commit_interval_ms, 250);
+    assert_eq!(
+        config.kafka.get("bootstrap.servers").map(String::as_str),
+        Some("broker-a:9092")
+    );
+}
+
+#[test]
+fn config_example_file_in_the_repository_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../breadcrumb.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    EngineConfig::from_toml(&text).unwrap();
+}

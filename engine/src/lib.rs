@@ -1,0 +1,25 @@
+//! The breadcrumb engine: a Kafka consumer group that runs stateful operators exactly once.
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration, its environment overrides and validation.
+//! - [`runtime`]: Kafka clients, the processing loop, transactions, rebalances and restore.
+//! - [`topics`]: creating output and internal topics shaped after the inputs.
+//! - [`journal`]: the transaction journal used to check output on brokers that leak aborted
+//!   records.
+//! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
+//! - [`demo`], [`generate`], [`verify`]: the embedded demo, the workload generator and the
+//!   exactly-once checker behind the CLI.
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod generate;
+pub mod headers;
+pub mod http;
+pub mod journal;
+pub mod metrics;
+pub mod runtime;
+pub mod topics;
+pub mod verify;
+
+pub use error::{EngineError, Result};

@@ -1,0 +1,980 @@
+//! The processing core: one record at a time through decode and operators, outputs into the open
+//! transaction, and the commit that makes outputs, changelogs and input offsets visible together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use breadcrumb_operators::{Disposition, Emitter, Header as OperatorHeader, Operator, Port};
+use breadcrumb_schemas::{Envelope, RawRecord};
+use breadcrumb_state::format::encode_input_offset;
+use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaError};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, ToBytes};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use smallvec::SmallVec;
+
+use super::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
+use super::pipeline::{
+    dead_letter_reason_index, decode_reason, port_index, repartition_key, Pipeline, Route, Stage,
+    DEAD_LETTER_REASONS,
+};
+use super::restore::{restore_partition, RestoreMetrics};
+use crate::config::{EngineConfig, ProcessingGuarantee};
+use crate::error::{EngineError, Result};
+use crate::headers;
+use crate::http::Health;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+
+/// Bound on each blocking Kafka call of the commit protocol.
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of a commit that timed out (librdkafka allows retrying the same commit).
+const COMMIT_RETRIES: usize = 5;
+
+pub type TransactionalProducer = ThreadedProducer<DeliveryContext>;
+
+/// State of one input partition of a pipeline.
+struct Task {
+    stores: Vec<PartitionStore>,
+    /// Changelog offset each store's checkpoint has reached.
+    changelog_next: Vec<i64>,
+    /// Whether the open transaction processed records of this partition.
+    touched: bool,
+    last_offset: i64,
+    committed_next: i64,
+}
+
+/// Consumption progress of one assigned topic partition.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    /// First offset processed in the open transaction: where to rewind on abort.
+    first_in_transaction: Option<i64>,
+    last_processed: i64,
+}
+
+/// Outcomes of the open transaction per pipeline, published to metrics only once it commits so
+/// the counters describe committed output exactly.
+#[derive(Debug, Default, Clone)]
+struct PipelineCounts {
+    ports: [u64; 3],
+    dead_letters: [u64; DEAD_LETTER_REASONS.len()],
+}
+
+pub struct Core {
+    config: Arc<EngineConfig>,
+    guarantee: ProcessingGuarantee,
+    pipelines: Vec<Pipeline>,
+    routes: Vec<Route>,
+    route_by_topic: HashMap<String, usize>,
+    /// Changelog topic per slot; slot of each (pipeline, store index).
+    changelog_topics: Vec<String>,
+    changelog_slot: Vec<Vec<usize>>,
+    restore_metrics: Vec<RestoreMetrics>,
+    backend: StateBackend,
+    producer: TransactionalProducer,
+    restore_consumer: BaseConsumer<EndOfPartitionContext>,
+    tasks: HashMap<(usize, i32), Task>,
+    positions: HashMap<(usize, i32), Position>,
+    transaction_open: bool,
+    transaction_started: Instant,
+    transaction_records: usize,
+    transaction_sequence: u64,
+    transactional_id: String,
+    incarnation: String,
+    transaction_header: Vec<u8>,
+    journal: Option<Journal>,
+    pipeline_counts: Vec<PipelineCounts>,
+    route_counts: Vec<u64>,
+    dead_letter_topic: String,
+    envelope: Envelope,
+    metrics: Metrics,
+    health: Arc<Health>,
+    /// An error raised inside a rebalance callback, for the loop to act on.
+    pub fatal: Option<EngineError>,
+    commit_interval: Duration,
+}
+
+pub struct CoreParts {
+    pub config: Arc<EngineConfig>,
+    pub pipelines: Vec<Pipeline>,
+    pub routes: Vec<Route>,
+    pub backend: StateBackend,
+    pub producer: TransactionalProducer,
+    pub restore_consumer: BaseConsumer<EndOfPartitionContext>,
+    pub journal: Option<Journal>,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub incarnation: String,
+}
+
+impl Core {
+    pub fn new(parts: CoreParts) -> Self {
+        let CoreParts {
+            config,
+            pipelines,
+            routes,
+            backend,
+            producer,
+            restore_consumer,
+            journal,
+            metrics,
+            health,
+            incarnation,
+        } = parts;
+        let route_by_topic = routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| (route.topic.clone(), index))
+            .collect();
+        let mut changelog_topics = Vec::new();
+        let mut changelog_slot = Vec::new();
+        let mut restore_metrics = Vec::new();
+        for pipeline in &pipelines {
+            let mut slots = Vec::new();
+            for (store, topic) in &pipeline.stores {
+                slots.push(changelog_topics.len());
+                changelog_topics.push(topic.clone());
+                let name = backend.store_name(*store);
+                restore_metrics.push(RestoreMetrics {
+                    applied: metrics.restore_records.with_label_values(&[name]),
+                    remaining: metrics.restore_remaining.with_label_values(&[name]),
+                });
+            }
+            changelog_slot.push(slots);
+        }
+        let pipeline_count = pipelines.len();
+        let route_count = routes.len();
+        Self {
+            guarantee: config.processing_guarantee,
+            transactional_id: config.transactional_id(),
+            dead_letter_topic: config.dead_letter_topic(),
+            commit_interval: Duration::from_millis(config.commit_interval_ms),
+            config,
+            pipelines,
+            routes,
+            route_by_topic,
+            changelog_topics,
+            changelog_slot,
+            restore_metrics,
+            backend,
+            producer,
+            restore_consumer,
+            tasks: HashMap::new(),
+            positions: HashMap::new(),
+            transaction_open: false,
+            transaction_started: Instant::now(),
+            transaction_records: 0,
+            transaction_sequence: 0,
+            incarnation,
+            transaction_header: Vec::new(),
+            journal,
+            pipeline_counts: vec![PipelineCounts::default(); pipeline_count],
+            route_counts: vec![0; route_count],
+            envelope: Envelope::default(),
+            metrics,
+            health,
+            fatal: None,
+        }
+    }
+
+    /// Topics the consumer subscribes to.
+    pub fn subscribed_topics(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .map(|route| route.topic.clone())
+            .collect()
+    }
+
+    /// The producer (for journal resolution and shutdown).
+    pub fn producer(&self) -> &TransactionalProducer {
+        &self.producer
+    }
+
+    fn begin_if_needed(&mut self) -> Result<()> {
+        if self.transaction_open {
+            return Ok(());
+        }
+        if self.guarantee == ProcessingGuarantee::ExactlyOnce {
+            self.producer
+                .begin_transaction()
+                .map_err(fatal_unless_retriable)?;
+        }
+        self.transaction_sequence += 1;
+        self.transaction_header.clear();
+        self.transaction_header.extend_from_slice(
+            format!(
+                "{}:{}:{}",
+                self.transactional_id, self.incarnation, self.transaction_sequence
+            )
+            .as_bytes(),
+        );
+        self.transaction_open = true;
+        self.transaction_started = Instant::now();
+        self.transaction_records = 0;
+        Ok(())
+    }
+
+    /// Processes one consumed record inside the open transaction.
+    pub fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
+        let Some(&route_index) = self.route_by_topic.get(message.topic()) else {
+            return Ok(());
+        };
+        self.begin_if_needed()?;
+        let partition = message.partition();
+        let offset = message.offset();
+        let mut header_refs: SmallVec<[(&str, Option<&[u8]>); 16]> = SmallVec::new();
+        if let Some(message_headers) = message.headers() {
+            for header in message_headers.iter() {
+                header_refs.push((header.key, header.value));
+            }
+        }
+        let record = RawRecord {
+            topic: message.topic(),
+            partition,
+            offset,
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key(),
+            value: message.payload(),
+            headers: &header_refs,
+        };
+
+        let Self {
+            pipelines,
+            routes,
+            tasks,
+            producer,
+            transaction_header,
+            pipeline_counts,
+            envelope,
+            dead_letter_topic,
+            ..
+        } = self;
+        let route = &routes[route_index];
+        let add_source_headers = !route.internal;
+        envelope.clear();
+        match route.stage {
+            Stage::Repartition { pipeline: index } => {
+                let pipeline = &mut pipelines[index];
+                let counts = &mut pipeline_counts[index];
+                match pipeline.decoder.decode(&record, envelope) {
+                    Err(error) => dead_letter(
+                        producer,
+                        dead_letter_topic,
+                        &pipeline.name,
+                        &record,
+                        decode_reason(error.class),
+                        &error.message,
+                        transaction_header,
+                        add_source_headers,
+                        counts,
+                    )?,
+                    Ok(()) => {
+                        let (key_kind, topic) = pipeline
+                            .repartition
+                            .as_ref()
+                            .expect("repartition stage has a repartition topic");
+                        match repartition_key(*key_kind, envelope) {
+                            None => dead_letter(
+                                producer,
+                                dead_letter_topic,
+                                &pipeline.name,
+                                &record,
+                                "missing_field",
+                                "the repartition key field is absent",
+                                transaction_header,
+                                add_source_headers,
+                                counts,
+                            )?,
+                            Some(key) => send_record(
+                                producer,
+                                topic,
+                                &record,
+                                Some(key.as_slice()),
+                                &[],
+                                add_source_headers,
+                                transaction_header,
+                            )?,
+                        }
+                    }
+                }
+            }
+            Stage::Stateful { pipeline: index } => {
+                let pipeline = &mut pipelines[index];
+                let counts = &mut pipeline_counts[index];
+                if let Err(error) = pipeline.decoder.decode(&record, envelope) {
+                    dead_letter(
+                        producer,
+                        dead_letter_topic,
+                        &pipeline.name,
+                        &record,
+                        decode_reason(error.class),
+                        &error.message,
+                        transaction_header,
+                        add_source_headers,
+                        counts,
+                    )?;
+                } else {
+                    let task = tasks.get_mut(&(index, partition)).ok_or_else(|| {
+                        EngineError::Fatal(format!(
+                            "record of {} partition {partition} before its state was opened",
+                            record.topic
+                        ))
+                    })?;
+                    task.touched = true;
+                    task.last_offset = offset;
+                    let mut publisher = Publisher {
+                        producer,
+                        record: &record,
+                        transaction: transaction_header,
+                        port_topics: &pipeline.port_topics,
+                        add_source_headers,
+                        counts,
+                        error: None,
+                    };
+                    let disposition = pipeline.operator.process(
+                        &record,
+                        envelope,
+                        &mut task.stores,
+                        &mut publisher,
+                    )?;
+                    if let Some(error) = publisher.error {
+                        return Err(error.into());
+                    }
+                    if let Disposition::Rejected { reason, message } = disposition {
+                        dead_letter(
+                            producer,
+                            dead_letter_topic,
+                            &pipeline.name,
+                            &record,
+                            reason,
+                            message,
+                            transaction_header,
+                            add_source_headers,
+                            counts,
+                        )?;
+                    }
+                }
+            }
+        }
+
+        let position = self
+            .positions
+            .entry((route_index, partition))
+            .or_insert(Position {
+                first_in_transaction: None,
+                last_processed: offset - 1,
+            });
+        position.first_in_transaction.get_or_insert(offset);
+        position.last_processed = offset;
+        self.route_counts[route_index] += 1;
+        self.transaction_records += 1;
+        Ok(())
+    }
+
+    /// Commits when the interval has passed or the transaction is full.
+    pub fn maybe_commit(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+        if self.transaction_open
+            && (self.transaction_records >= self.config.max_records_per_transaction
+                || self.transaction_started.elapsed() >= self.commit_interval)
+        {
+            self.commit(consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction: operators checkpoint, their writes go to the changelogs,
+    /// the input offsets join the transaction, and once Kafka has committed, local state follows
+    /// in one RocksDB write. A failure that Kafka says needs an abort aborts and rewinds.
+    pub fn commit(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+        if !self.transaction_open {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if let Err(error) = self.write_changelogs() {
+            return match error {
+                EngineError::Kafka(kafka) => self.recover(consumer, kafka),
+                other => Err(other),
+            };
+        }
+        let mut offsets = TopicPartitionList::new();
+        let mut journal_offsets = Vec::new();
+        for ((route, partition), position) in &self.positions {
+            if position.first_in_transaction.is_some() {
+                let topic = &self.routes[*route].topic;
+                offsets.add_partition_offset(
+                    topic,
+                    *partition,
+                    Offset::Offset(position.last_processed + 1),
+                )?;
+                journal_offsets.push((topic.clone(), *partition, position.last_processed + 1));
+            }
+        }
+        match self.guarantee {
+            ProcessingGuarantee::ExactlyOnce => {
+                if !journal_offsets.is_empty() {
+                    let metadata = consumer.group_metadata().ok_or_else(|| {
+                        EngineError::Fatal("consumer has no group metadata".to_owned())
+                    })?;
+                    if let Err(error) = self.producer.send_offsets_to_transaction(
+                        &offsets,
+                        &metadata,
+                        KAFKA_CALL_TIMEOUT,
+                    ) {
+                        return self.recover(consumer, error);
+                    }
+                }
+                if let Some(journal) = self.journal.as_mut() {
+                    let header = String::from_utf8_lossy(&self.transaction_header).into_owned();
+                    journal.pending(&header, &journal_offsets)?;
+                }
+                let mut attempt = 0;
+                loop {
+                    match self.producer.commit_transaction(KAFKA_CALL_TIMEOUT) {
+                        Ok(()) => break,
+                        Err(error) if is_retriable(&error) && attempt < COMMIT_RETRIES => {
+                            attempt += 1;
+                            tracing::warn!(%error, attempt, "Commit timed out; retrying.");
+                        }
+                        Err(error) => return self.recover(consumer, error),
+                    }
+                }
+            }
+            ProcessingGuarantee::AtLeastOnce => {
+                if let Err(error) = self.producer.flush(KAFKA_CALL_TIMEOUT) {
+                    return self.recover(consumer, error);
+                }
+                if self.producer.context().take_failed() {
+                    return self.recover(
+                        consumer,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
+                    );
+                }
+                if !journal_offsets.is_empty() {
+                    consumer.commit(&offsets, CommitMode::Sync)?;
+                }
+            }
+        }
+        self.after_commit(started)
+    }
+
+    /// Writes the operators' checkpoints and every dirty store entry to the changelogs.
+    fn write_changelogs(&mut self) -> Result<()> {
+        for ((pipeline_index, partition), task) in self.tasks.iter_mut() {
+            if !task.touched {
+                continue;
+            }
+            self.pipelines[*pipeline_index]
+                .operator
+                .checkpoint(&mut task.stores, task.last_offset)?;
+            for (store_index, store) in task.stores.iter().enumerate() {
+                let slot = self.changelog_slot[*pipeline_index][store_index];
+                let topic = &self.changelog_topics[slot];
+                for entry in store.dirty() {
+                    let input_offset = encode_input_offset(entry.input_offset);
+                    let headers = OwnedHeaders::new_with_capacity(2)
+                        .insert(Header {
+                            key: INPUT_OFFSET_HEADER,
+                            value: Some(&input_offset[..]),
+                        })
+                        .insert(Header {
+                            key: headers::TRANSACTION,
+                            value: Some(&self.transaction_header[..]),
+                        });
+                    let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                        BaseRecord::with_opaque_to(topic, slot + 1)
+                            .partition(*partition)
+                            .key(entry.key)
+                            .headers(headers);
+                    if let Some(value) = entry.value {
+                        record = record.payload(value);
+                    }
+                    send_with_backpressure(&self.producer, record)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn after_commit(&mut self, started: Instant) -> Result<()> {
+        let delivered = self.producer.context().take_changelog_offsets();
+        let mut batch = self.backend.commit_batch();
+        for ((pipeline_index, partition), task) in self.tasks.iter_mut() {
+            if !task.touched {
+                continue;
+            }
+            for (store_index, store) in task.stores.iter_mut().enumerate() {
+                let slot = self.changelog_slot[*pipeline_index][store_index];
+                if let Some(offset) = delivered.get(&(slot, *partition)) {
+                    task.changelog_next[store_index] = offset + 1;
+                }
+                store.commit_into(&mut batch);
+                batch.set_checkpoint(
+                    store.store(),
+                    *partition,
+                    Checkpoint {
+                        changelog_next_offset: task.changelog_next[store_index],
+                        input_next_offset: task.last_offset + 1,
+                    },
+                );
+            }
+            task.committed_next = task.last_offset + 1;
+            task.touched = false;
+        }
+        batch.write()?;
+        if let Some(journal) = self.journal.as_mut() {
+            let header = String::from_utf8_lossy(&self.transaction_header).into_owned();
+            journal.outcome(&header, true)?;
+        }
+        for position in self.positions.values_mut() {
+            position.first_in_transaction = None;
+        }
+        for (route, count) in self.routes.iter().zip(self.route_counts.iter_mut()) {
+            route.events_in.inc_by(std::mem::take(count));
+        }
+        for (pipeline, counts) in self.pipelines.iter().zip(self.pipeline_counts.iter_mut()) {
+            let counts = std::mem::take(counts);
+            pipeline.metrics.events_out.inc_by(counts.ports[0]);
+            pipeline.metrics.duplicates.inc_by(counts.ports[1]);
+            pipeline.metrics.conflicts.inc_by(counts.ports[2]);
+            for (counter, count) in pipeline
+                .metrics
+                .dead_letters
+                .iter()
+                .zip(counts.dead_letters)
+            {
+                if count > 0 {
+                    counter.inc_by(count);
+                }
+            }
+        }
+        self.metrics
+            .transactions
+            .with_label_values(&["committed"])
+            .inc();
+        self.metrics
+            .transaction_records
+            .observe(self.transaction_records as f64);
+        self.metrics
+            .commit_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.transaction_open = false;
+        Ok(())
+    }
+
+    /// Handles a failed transactional call: abortable errors abort and rewind; anything else is
+    /// fatal for this producer.
+    fn recover(&mut self, consumer: &BaseConsumer<EngineContext>, error: KafkaError) -> Result<()> {
+        let abortable = match &error {
+            KafkaError::Transaction(inner) => inner.txn_requires_abort(),
+            // A delivery or send failure inside the transaction: abort it.
+            KafkaError::MessageProduction(_) => true,
+            _ => self.guarantee == ProcessingGuarantee::AtLeastOnce,
+        };
+        if !abortable {
+            return Err(EngineError::Fatal(error.to_string()));
+        }
+        tracing::warn!(%error, "Transaction failed; aborting and rewinding to the last commit.");
+        self.abort(consumer, &[])
+    }
+
+    /// Aborts the open transaction, rewinds every partition it read to where it began, and
+    /// returns operator state to the last commit. Partitions in `leaving` are not rewound.
+    pub fn abort(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        leaving: &[(usize, i32)],
+    ) -> Result<()> {
+        if !self.transaction_open {
+            return Ok(());
+        }
+        if self.guarantee == ProcessingGuarantee::ExactlyOnce {
+            let mut attempt = 0;
+            loop {
+                match self.producer.abort_transaction(KAFKA_CALL_TIMEOUT) {
+                    Ok(()) => break,
+                    Err(error) if is_retriable(&error) && attempt < COMMIT_RETRIES => attempt += 1,
+                    Err(error) => return Err(EngineError::Fatal(error.to_string())),
+                }
+            }
+        } else {
+            // Outputs may already be out; at-least-once accepts re-sending them.
+            let _ = self.producer.flush(KAFKA_CALL_TIMEOUT);
+        }
+        self.producer.context().take_changelog_offsets();
+        self.producer.context().take_failed();
+        for ((route, partition), position) in self.positions.iter_mut() {
+            if let Some(first) = position.first_in_transaction.take() {
+                position.last_processed = first - 1;
+                if leaving.contains(&(*route, *partition)) {
+                    continue;
+                }
+                consumer
+                    .seek(
+                        &self.routes[*route].topic,
+                        *partition,
+                        Offset::Offset(first),
+                        KAFKA_CALL_TIMEOUT,
+                    )
+                    .map_err(|error| {
+                        EngineError::Fatal(format!("rewind after abort failed: {error}"))
+                    })?;
+            }
+        }
+        for ((pipeline_index, _), task) in self.tasks.iter_mut() {
+            if task.touched {
+                for store in &mut task.stores {
+                    store.discard();
+                }
+                self.pipelines[*pipeline_index]
+                    .operator
+                    .abort_partition(&mut task.stores)?;
+                task.touched = false;
+                task.last_offset = task.committed_next - 1;
+            }
+        }
+        for counts in &mut self.pipeline_counts {
+            *counts = PipelineCounts::default();
+        }
+        self.route_counts.iter_mut().for_each(|count| *count = 0);
+        if let Some(journal) = self.journal.as_mut() {
+            let header = String::from_utf8_lossy(&self.transaction_header).into_owned();
+            journal.outcome(&header, false)?;
+        }
+        self.metrics
+            .transactions
+            .with_label_values(&["aborted"])
+            .inc();
+        self.transaction_open = false;
+        Ok(())
+    }
+
+    /// Partitions are leaving: commit what was done (or abort, if they were lost), then drop
+    /// their state.
+    pub fn on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        partitions: &TopicPartitionList,
+        lost: bool,
+    ) {
+        let leaving: Vec<(usize, i32)> = partitions
+            .elements()
+            .iter()
+            .filter_map(|element| {
+                self.route_by_topic
+                    .get(element.topic())
+                    .map(|route| (*route, element.partition()))
+            })
+            .collect();
+        if self.fatal.is_none() && self.transaction_open {
+            let outcome = if lost {
+                self.abort(consumer, &leaving)
+            } else {
+                self.commit(consumer)
+            };
+            if let Err(error) = outcome {
+                self.fatal = Some(error);
+            }
+        }
+        for (route, partition) in leaving {
+            self.positions.remove(&(route, partition));
+            if let Stage::Stateful { pipeline } = self.routes[route].stage {
+                if self.tasks.remove(&(pipeline, partition)).is_some() {
+                    self.pipelines[pipeline].operator.close_partition(partition);
+                }
+            }
+        }
+        self.metrics
+            .assigned_partitions
+            .set(self.positions.len() as i64);
+        tracing::info!(revoked = partitions.count(), lost, "Partitions revoked.");
+    }
+
+    /// Partitions arrived: restore their state before any of their records is processed.
+    pub fn on_assign(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        partitions: &TopicPartitionList,
+    ) {
+        if self.fatal.is_some() {
+            return;
+        }
+        self.health.set_ready(false);
+        if let Err(error) = self.assign(consumer, partitions) {
+            tracing::error!(%error, "Assignment failed; the engine will rejoin.");
+            self.fatal = Some(error);
+            return;
+        }
+        self.metrics
+            .assigned_partitions
+            .set(self.positions.len() as i64);
+        self.health.set_ready(true);
+        tracing::info!(
+            assigned = partitions.count(),
+            "Partitions assigned and restored."
+        );
+    }
+
+    fn assign(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        partitions: &TopicPartitionList,
+    ) -> Result<()> {
+        let mut stateful = TopicPartitionList::new();
+        for element in partitions.elements() {
+            if let Some(route) = self.route_by_topic.get(element.topic()) {
+                if matches!(self.routes[*route].stage, Stage::Stateful { .. }) {
+                    stateful.add_partition(element.topic(), element.partition());
+                }
+            }
+        }
+        let committed = if stateful.count() > 0 {
+            consumer.committed_offsets(stateful, KAFKA_CALL_TIMEOUT)?
+        } else {
+            TopicPartitionList::new()
+        };
+        let restore_timeout = Duration::from_millis(self.config.state.restore_timeout_ms);
+        for element in partitions.elements() {
+            let Some(&route) = self.route_by_topic.get(element.topic()) else {
+                continue;
+            };
+            let partition = element.partition();
+            self.positions.insert(
+                (route, partition),
+                Position {
+                    first_in_transaction: None,
+                    last_processed: -1,
+                },
+            );
+            let Stage::Stateful { pipeline: index } = self.routes[route].stage else {
+                continue;
+            };
+            let committed_input = committed
+                .find_partition(element.topic(), partition)
+                .and_then(|found| match found.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
+            self.metrics.restoring_partitions.inc();
+            let mut changelog_next = Vec::new();
+            let pipeline = &mut self.pipelines[index];
+            for (store_index, (store, topic)) in pipeline.stores.iter().enumerate() {
+                let slot = self.changelog_slot[index][store_index];
+                let reached = restore_partition(
+                    &self.restore_consumer,
+                    &self.backend,
+                    *store,
+                    topic,
+                    partition,
+                    committed_input,
+                    restore_timeout,
+                    &self.restore_metrics[slot],
+                );
+                match reached {
+                    Ok(offset) => changelog_next.push(offset),
+                    Err(error) => {
+                        self.metrics.restoring_partitions.dec();
+                        return Err(error);
+                    }
+                }
+            }
+            self.metrics.restoring_partitions.dec();
+            let mut stores: Vec<PartitionStore> = pipeline
+                .stores
+                .iter()
+                .map(|(store, _)| self.backend.partition_store(*store, partition))
+                .collect();
+            pipeline.operator.open_partition(&mut stores)?;
+            for (store, _) in &pipeline.stores {
+                self.metrics
+                    .state_keys
+                    .with_label_values(&[self.backend.store_name(*store)])
+                    .set(self.backend.estimated_keys(*store) as i64);
+            }
+            let committed_next = committed_input.unwrap_or(0);
+            self.tasks.insert(
+                (index, partition),
+                Task {
+                    stores,
+                    changelog_next,
+                    touched: false,
+                    last_offset: committed_next - 1,
+                    committed_next,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Closes operators at shutdown.
+    pub fn close(&mut self) {
+        for pipeline in &mut self.pipelines {
+            pipeline.operator.close();
+        }
+        self.tasks.clear();
+    }
+}
+
+/// Emits operator output into the open transaction.
+struct Publisher<'a> {
+    producer: &'a TransactionalProducer,
+    record: &'a RawRecord<'a>,
+    transaction: &'a [u8],
+    port_topics: &'a [Option<String>; 3],
+    add_source_headers: bool,
+    counts: &'a mut PipelineCounts,
+    error: Option<KafkaError>,
+}
+
+impl Emitter for Publisher<'_> {
+    fn emit_current(&mut self, port: Port, extra: &[OperatorHeader<'_>]) {
+        let index = port_index(port);
+        self.counts.ports[index] += 1;
+        let Some(topic) = &self.port_topics[index] else {
+            return;
+        };
+        if self.error.is_some() {
+            return;
+        }
+        let mut pairs: SmallVec<[(&str, &[u8]); 4]> = SmallVec::new();
+        for header in extra {
+            pairs.push((header.name, header.value));
+        }
+        if let Err(error) = send_record(
+            self.producer,
+            topic,
+            self.record,
+            None,
+            &pairs,
+            self.add_source_headers,
+            self.transaction,
+        ) {
+            self.error = Some(error);
+        }
+    }
+}
+
+/// Republishes `record` (original key, value and headers) to `topic` with breadcrumb's headers.
+fn send_record(
+    producer: &TransactionalProducer,
+    topic: &str,
+    record: &RawRecord<'_>,
+    key_override: Option<&[u8]>,
+    extra: &[(&str, &[u8])],
+    add_source_headers: bool,
+    transaction: &[u8],
+) -> std::result::Result<(), KafkaError> {
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + extra.len() + 4);
+    for (key, value) in record.headers {
+        headers = headers.insert(Header { key, value: *value });
+    }
+    for (key, value) in extra {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    if add_source_headers {
+        let mut partition = itoa::Buffer::new();
+        let mut offset = itoa::Buffer::new();
+        headers = headers
+            .insert(Header {
+                key: headers::SOURCE_TOPIC,
+                value: Some(record.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_PARTITION,
+                value: Some(partition.format(record.partition).as_bytes()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_OFFSET,
+                value: Some(offset.format(record.offset).as_bytes()),
+            });
+    }
+    headers = headers.insert(Header {
+        key: headers::TRANSACTION,
+        value: Some(transaction),
+    });
+    let mut base: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(topic, 0).headers(headers);
+    // Outputs keep the input's timestamp, as Kafka Streams does: event time stays event time,
+    // and end-to-end latency stays measurable downstream.
+    if let Some(timestamp) = record.timestamp_ms {
+        base = base.timestamp(timestamp);
+    }
+    if let Some(key) = key_override.or(record.key) {
+        base = base.key(key);
+    }
+    if let Some(value) = record.value {
+        base = base.payload(value);
+    }
+    send_with_backpressure(producer, base)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dead_letter(
+    producer: &TransactionalProducer,
+    topic: &str,
+    pipeline: &str,
+    record: &RawRecord<'_>,
+    reason: &'static str,
+    message: &str,
+    transaction: &[u8],
+    add_source_headers: bool,
+    counts: &mut PipelineCounts,
+) -> std::result::Result<(), KafkaError> {
+    counts.dead_letters[dead_letter_reason_index(reason)] += 1;
+    send_record(
+        producer,
+        topic,
+        record,
+        None,
+        &[
+            (headers::DLQ_REASON, reason.as_bytes()),
+            (headers::DLQ_MESSAGE, message.as_bytes()),
+            (headers::DLQ_PIPELINE, pipeline.as_bytes()),
+        ],
+        add_source_headers,
+        transaction,
+    )
+}
+
+/// Enqueues a record, waiting while librdkafka's queue is full: the queue's bound is the
+/// engine's backpressure.
+fn send_with_backpressure<K, P>(
+    producer: &TransactionalProducer,
+    mut record: BaseRecord<'_, K, P, usize>,
+) -> std::result::Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+fn is_retriable(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(inner) if inner.is_retriable())
+}
+
+fn fatal_unless_retriable(error: KafkaError) -> EngineError {
+    match &error {
+        KafkaError::Transaction(inner) if is_fatal(inner) => EngineError::Fatal(error.to_string()),
+        _ => EngineError::Kafka(error),
+    }
+}
+
+fn is_fatal(error: &RDKafkaError) -> bool {
+    error.is_fatal()
+}

@@ -1,0 +1,322 @@
+//! The runtime: builds the Kafka clients and the processing core, runs the processing loop on a
+//! dedicated thread, and rebuilds clients after fencing or fatal errors.
+//!
+//! The loop, on one thread:
+//! 1. `poll` the consumer; rebalance callbacks run inside it (commit or abort before partitions
+//!    leave, restore before new ones are processed);
+//! 2. process the record, if any, inside the open transaction;
+//! 3. commit when `commit_interval_ms` has passed or the transaction is full.
+
+pub mod context;
+mod core;
+pub mod pipeline;
+pub mod restore;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use breadcrumb_state::{StateBackend, StateOptions};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use self::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
+use self::core::{Core, CoreParts};
+use crate::config::{EngineConfig, ProcessingGuarantee};
+use crate::error::{EngineError, Result};
+use crate::http::Health;
+use crate::journal::{self, Journal};
+use crate::metrics::Metrics;
+use crate::topics::{self, TopicSpec};
+
+const INIT_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+
+/// librdkafka settings common to every client, from the `[kafka]` passthrough.
+pub fn base_client_config(config: &EngineConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.kafka {
+        client.set(key, value);
+    }
+    client
+}
+
+fn consumer_config(config: &EngineConfig) -> ClientConfig {
+    let mut client = base_client_config(config);
+    client
+        .set("group.id", &config.application_id)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "queued.max.messages.kbytes",
+            config.max_prefetch_kbytes.to_string(),
+        )
+        .set("statistics.interval.ms", "5000");
+    client
+}
+
+fn restore_consumer_config(config: &EngineConfig) -> ClientConfig {
+    let mut client = base_client_config(config);
+    client
+        .set("group.id", format!("{}-restore", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    client
+}
+
+fn producer_config(config: &EngineConfig) -> ClientConfig {
+    let mut client = base_client_config(config);
+    client.set("enable.idempotence", "true");
+    if !config.kafka.contains_key("linger.ms") {
+        client.set("linger.ms", "5");
+    }
+    if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+        client
+            .set("transactional.id", config.transactional_id())
+            .set(
+                "transaction.timeout.ms",
+                config.transaction_timeout_ms.to_string(),
+            );
+    }
+    client
+}
+
+/// The topics breadcrumb writes, shaped after the inputs.
+pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
+    let inputs: Vec<String> = config
+        .pipelines
+        .values()
+        .flat_map(|pipeline| pipeline.input_topics.clone())
+        .collect();
+    let counts = topics::partition_counts(&base_client_config(config), &inputs)?;
+    let mut specs = Vec::new();
+    let mut max_partitions = 1;
+    for (name, pipeline) in &config.pipelines {
+        let mut partitions = None;
+        for topic in &pipeline.input_topics {
+            let count = *counts.get(topic).ok_or_else(|| EngineError::Topic {
+                topic: topic.clone(),
+                reason: format!("input of pipeline `{name}` does not exist"),
+            })?;
+            partitions = Some(partitions.map_or(count, |known: i32| known.max(count)));
+        }
+        let partitions = partitions.unwrap_or(1);
+        max_partitions = max_partitions.max(partitions);
+        let mut add = |topic: String, compacted: bool, exact: bool| {
+            specs.push(TopicSpec {
+                name: topic,
+                partitions,
+                compacted,
+                exact_partitions: exact,
+            })
+        };
+        add(pipeline.output_topic.clone(), false, false);
+        if let Some(topic) = &pipeline.duplicates_topic {
+            add(topic.clone(), false, false);
+        }
+        add(pipeline.conflicts_topic(), false, false);
+        if pipeline.repartition_by.is_some() {
+            add(config.repartition_topic(name), false, true);
+        }
+        for store in pipeline::declared_store_names_of(name, pipeline) {
+            add(config.changelog_topic(&store), true, true);
+        }
+    }
+    specs.push(TopicSpec {
+        name: config.dead_letter_topic(),
+        partitions: max_partitions,
+        compacted: false,
+        exact_partitions: false,
+    });
+    specs.dedup_by(|a, b| a.name == b.name);
+    Ok(specs)
+}
+
+/// Runs the engine until `shutdown` is set; recreates the Kafka clients after fatal errors.
+pub fn run(
+    config: Arc<EngineConfig>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.state.dir)?;
+    let backend = StateBackend::open(
+        &config.state.dir,
+        &pipeline::declared_store_names(&config),
+        &StateOptions {
+            block_cache_bytes: config.state.block_cache_bytes,
+            write_buffer_bytes: config.state.write_buffer_bytes,
+            ..StateOptions::default()
+        },
+    )?;
+    let outcome = loop {
+        match run_once(&config, &backend, &metrics, &health, &shutdown) {
+            Ok(()) => break Ok(()),
+            Err(
+                error @ (EngineError::Fatal(_)
+                | EngineError::Kafka(_)
+                | EngineError::RestoreTimeout { .. }),
+            ) => {
+                tracing::warn!(%error, "Recreating Kafka clients and rejoining the group.");
+                metrics.producer_restarts.inc();
+                health.set_ready(false);
+                if shutdown.load(Ordering::Acquire) {
+                    break Ok(());
+                }
+                std::thread::sleep(RESTART_BACKOFF);
+            }
+            Err(error) => break Err(error),
+        }
+    };
+    backend.flush()?;
+    health.set_dead();
+    outcome
+}
+
+fn run_once(
+    config: &Arc<EngineConfig>,
+    backend: &StateBackend,
+    metrics: &Metrics,
+    health: &Arc<Health>,
+    shutdown: &AtomicBool,
+) -> Result<()> {
+    let (pipelines, routes) = pipeline::compile(config, backend, metrics)?;
+    let producer: ThreadedProducer<DeliveryContext> =
+        producer_config(config).create_with_context(DeliveryContext::default())?;
+    if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+        // Fences any previous incarnation of this instance and completes or aborts its open
+        // transaction before anything else happens.
+        producer.init_transactions(INIT_TIMEOUT)?;
+    }
+    let restore_consumer: BaseConsumer<EndOfPartitionContext> =
+        restore_consumer_config(config).create_with_context(EndOfPartitionContext)?;
+    let journal = match &config.transaction_journal_path {
+        Some(path) => Some(Journal::open(path)?),
+        None => None,
+    };
+    let incarnation = format!("{:08x}", rand::random::<u32>());
+    let core = Core::new(CoreParts {
+        config: config.clone(),
+        pipelines,
+        routes,
+        backend: backend.clone(),
+        producer,
+        restore_consumer,
+        journal,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        incarnation,
+    });
+    let topics = core.subscribed_topics();
+    let consumer: BaseConsumer<EngineContext> =
+        consumer_config(config).create_with_context(EngineContext {
+            core: Mutex::new(core),
+            consumer_lag: metrics.consumer_lag.clone(),
+        })?;
+    if let Some(path) = &config.transaction_journal_path {
+        resolve_journal(&consumer, path)?;
+    }
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(
+        group = %config.application_id,
+        transactional_id = %config.transactional_id(),
+        topics = ?topics,
+        "Joined the consumer group."
+    );
+    // An instance with nothing assigned yet is still ready to serve.
+    health.set_ready(true);
+
+    let result = process_until_shutdown(&consumer, shutdown);
+    let mut core = consumer.context().core.lock().expect("core lock poisoned");
+    match &result {
+        Ok(()) => {
+            if let Err(error) = core.commit(&consumer) {
+                tracing::warn!(%error, "Final commit failed; aborting.");
+                let _ = core.abort(&consumer, &[]);
+            }
+        }
+        Err(_) => {
+            core.fatal = Some(EngineError::Fatal(
+                "shutting down after an error".to_owned(),
+            ));
+        }
+    }
+    let flushed = core.producer().flush(Duration::from_secs(10));
+    if let Err(error) = flushed {
+        tracing::debug!(%error, "Producer flush at shutdown.");
+    }
+    core.close();
+    drop(core);
+    consumer.unsubscribe();
+    result
+}
+
+fn process_until_shutdown(
+    consumer: &BaseConsumer<EngineContext>,
+    shutdown: &AtomicBool,
+) -> Result<()> {
+    while !shutdown.load(Ordering::Acquire) {
+        let message = consumer.poll(POLL_INTERVAL);
+        let mut core = consumer.context().core.lock().expect("core lock poisoned");
+        if let Some(error) = core.fatal.take() {
+            return Err(error);
+        }
+        match message {
+            Some(Ok(message)) => {
+                if let Err(error) = core.process(&message) {
+                    match error {
+                        EngineError::Kafka(kafka) => {
+                            tracing::warn!(error = %kafka, "Send failed; aborting the transaction.");
+                            core.abort(consumer, &[])?;
+                        }
+                        other => return Err(other),
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "Consumer error.");
+            }
+            None => {}
+        }
+        core.maybe_commit(consumer)?;
+    }
+    Ok(())
+}
+
+/// Decides the transaction a previous incarnation left pending, from the group's committed
+/// offsets (after `init_transactions` has completed or aborted it).
+fn resolve_journal(consumer: &BaseConsumer<EngineContext>, path: &std::path::Path) -> Result<()> {
+    let (_, pending) = journal::read(path)?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut request = TopicPartitionList::new();
+    for entry in &pending {
+        for (topic, partition, _) in &entry.offsets {
+            request.add_partition(topic, *partition);
+        }
+    }
+    let committed_list = consumer.committed_offsets(request, INIT_TIMEOUT)?;
+    let mut committed = BTreeMap::new();
+    for element in committed_list.elements() {
+        if let Offset::Offset(offset) = element.offset() {
+            committed.insert((element.topic().to_owned(), element.partition()), offset);
+        }
+    }
+    let mut writer = Journal::open(path)?;
+    for entry in &pending {
+        let outcome = journal::resolve_pending(entry, &committed);
+        tracing::info!(txn = %entry.txn, committed = outcome, "Resolved a transaction left open by a previous run.");
+        writer.outcome(&entry.txn, outcome)?;
+    }
+    Ok(())
+}

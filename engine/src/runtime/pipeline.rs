@@ -1,0 +1,196 @@
+//! Pipelines compiled from configuration: routes from topics to stages, decoders, operators and
+//! their state stores, output topics and pre-resolved metric handles.
+
+use breadcrumb_operators::dedupe::Dedupe;
+use breadcrumb_operators::{Operator, Port};
+use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, Envelope};
+use breadcrumb_state::{StateBackend, StoreId};
+use prometheus::IntCounter;
+
+use crate::config::{EngineConfig, PipelineConfig, RepartitionKey};
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// Reasons a record is dead-lettered: every decode class plus what operators and the
+/// repartition stage reject with. Indexes count dead letters per transaction without hashing.
+pub const DEAD_LETTER_REASONS: [&str; 9] = [
+    "missing_value",
+    "invalid_utf8",
+    "invalid_json",
+    "missing_field",
+    "invalid_field",
+    "invalid_trace_context",
+    "unsupported_format",
+    "oversized",
+    "other",
+];
+
+pub fn dead_letter_reason_index(reason: &str) -> usize {
+    DEAD_LETTER_REASONS
+        .iter()
+        .position(|known| *known == reason)
+        .unwrap_or(DEAD_LETTER_REASONS.len() - 1)
+}
+
+pub fn decode_reason(class: DecodeErrorClass) -> &'static str {
+    let label = class.as_str();
+    DEAD_LETTER_REASONS[dead_letter_reason_index(label)]
+}
+
+/// What happens to a record of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Decode and re-key into the pipeline's repartition topic.
+    Repartition { pipeline: usize },
+    /// Decode and run the operators on the partition's state.
+    Stateful { pipeline: usize },
+}
+
+/// A consumed topic and its stage.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub topic: String,
+    pub stage: Stage,
+    /// Whether records arrive from breadcrumb's own repartition topic (and already carry source
+    /// headers).
+    pub internal: bool,
+    /// Input counter of this topic, resolved once.
+    pub events_in: IntCounter,
+}
+
+/// Metric handles of one pipeline.
+pub struct PipelineMetrics {
+    pub events_out: IntCounter,
+    pub duplicates: IntCounter,
+    pub conflicts: IntCounter,
+    pub dead_letters: Vec<IntCounter>,
+}
+
+/// A compiled pipeline.
+pub struct Pipeline {
+    pub name: String,
+    pub decoder: Box<dyn Decoder>,
+    pub operator: Dedupe,
+    /// Stores of the operator, in declaration order, with their changelog topics.
+    pub stores: Vec<(StoreId, String)>,
+    /// Topic per port (`Port::Main`, `Port::Duplicates`, `Port::Conflicts`).
+    pub port_topics: [Option<String>; 3],
+    pub repartition: Option<(RepartitionKey, String)>,
+    /// The topic whose partitions own this pipeline's state.
+    pub state_topic: String,
+    pub metrics: PipelineMetrics,
+}
+
+pub fn port_index(port: Port) -> usize {
+    match port {
+        Port::Main => 0,
+        Port::Duplicates => 1,
+        Port::Conflicts => 2,
+    }
+}
+
+/// The store names every pipeline declares, for opening RocksDB before the pipelines exist.
+pub fn declared_store_names(config: &EngineConfig) -> Vec<String> {
+    config
+        .pipelines
+        .iter()
+        .flat_map(|(name, pipeline)| declared_store_names_of(name, pipeline))
+        .collect()
+}
+
+/// The store names one pipeline declares.
+pub fn declared_store_names_of(name: &str, pipeline: &PipelineConfig) -> Vec<String> {
+    Dedupe::new(name, pipeline.dedupe.clone())
+        .stores()
+        .into_iter()
+        .map(|store| store.name)
+        .collect()
+}
+
+/// Compiles every pipeline and the routes of every consumed topic.
+pub fn compile(
+    config: &EngineConfig,
+    backend: &StateBackend,
+    metrics: &Metrics,
+) -> Result<(Vec<Pipeline>, Vec<Route>)> {
+    let mut pipelines = Vec::new();
+    let mut routes = Vec::new();
+    for (index, (name, pipeline_config)) in config.pipelines.iter().enumerate() {
+        let operator = Dedupe::new(name, pipeline_config.dedupe.clone());
+        let mut stores = Vec::new();
+        for declaration in operator.stores() {
+            stores.push((
+                backend.store_id(&declaration.name)?,
+                config.changelog_topic(&declaration.name),
+            ));
+        }
+        let repartition = pipeline_config
+            .repartition_by
+            .map(|key| (key, config.repartition_topic(name)));
+        let state_topic = match &repartition {
+            Some((_, topic)) => topic.clone(),
+            None => pipeline_config.input_topics[0].clone(),
+        };
+        for topic in &pipeline_config.input_topics {
+            routes.push(Route {
+                topic: topic.clone(),
+                stage: if repartition.is_some() {
+                    Stage::Repartition { pipeline: index }
+                } else {
+                    Stage::Stateful { pipeline: index }
+                },
+                internal: false,
+                events_in: metrics.events_in.with_label_values(&[name, topic]),
+            });
+        }
+        if let Some((_, topic)) = &repartition {
+            routes.push(Route {
+                topic: topic.clone(),
+                stage: Stage::Stateful { pipeline: index },
+                internal: true,
+                // Records of the repartition topic were counted when they entered the pipeline.
+                events_in: IntCounter::new("unregistered_internal_in", "internal")
+                    .expect("valid metric"),
+            });
+        }
+        let output = pipeline_config.output_topic.clone();
+        pipelines.push(Pipeline {
+            name: name.clone(),
+            decoder: build_decoder(&pipeline_config.decoder),
+            operator,
+            stores,
+            metrics: PipelineMetrics {
+                events_out: metrics.events_out.with_label_values(&[name, &output]),
+                duplicates: metrics.duplicates.with_label_values(&[name]),
+                conflicts: metrics.conflicts.with_label_values(&[name]),
+                dead_letters: DEAD_LETTER_REASONS
+                    .iter()
+                    .map(|reason| {
+                        metrics
+                            .dead_letters
+                            .with_label_values(&[name.as_str(), reason])
+                    })
+                    .collect(),
+            },
+            port_topics: [
+                Some(output),
+                pipeline_config.duplicates_topic.clone(),
+                Some(pipeline_config.conflicts_topic()),
+            ],
+            repartition,
+            state_topic,
+        });
+    }
+    Ok((pipelines, routes))
+}
+
+/// The repartition key of an event, if it has one.
+pub fn repartition_key(key: RepartitionKey, event: &Envelope) -> Option<Vec<u8>> {
+    match key {
+        RepartitionKey::EventId => (!event.id.is_empty()).then(|| event.id.as_bytes().to_vec()),
+        RepartitionKey::Subject => {
+            (!event.subject.is_empty()).then(|| event.subject.as_bytes().to_vec())
+        }
+        RepartitionKey::TraceId => event.trace.map(|trace| trace.trace_id_hex().into_bytes()),
+    }
+}

@@ -1,0 +1,160 @@
+//! Restoring a partition's state from its changelog before the partition is processed.
+
+use std::time::{Duration, Instant};
+
+use breadcrumb_state::format::decode_input_offset;
+use breadcrumb_state::{Checkpoint, RestoreWriter, StateBackend, StoreId, INPUT_OFFSET_HEADER};
+use prometheus::{IntCounter, IntGauge};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::context::EndOfPartitionContext;
+use crate::error::{EngineError, Result};
+
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Progress handles of one store.
+pub struct RestoreMetrics {
+    pub applied: IntCounter,
+    pub remaining: IntGauge,
+}
+
+/// Brings a store's partition up to date and returns the changelog offset it reached.
+///
+/// Local state is trusted from its checkpoint on; the changelog tail past it is applied in order.
+/// Records whose input offset is at or past `committed_input` (the group's committed offset, or
+/// nothing committed at all) came from a transaction that never committed, on a broker that shows
+/// such records: they are skipped. A deterministic operator rewrites the same values when it
+/// reprocesses those inputs. A checkpoint ahead of the group (offsets reset by an operator) or
+/// past the changelog's end (the topic was recreated) is not trusted: the partition is rebuilt
+/// from the changelog's start.
+pub fn restore_partition(
+    consumer: &BaseConsumer<EndOfPartitionContext>,
+    backend: &StateBackend,
+    store: StoreId,
+    changelog_topic: &str,
+    partition: i32,
+    committed_input: Option<i64>,
+    timeout: Duration,
+    metrics: &RestoreMetrics,
+) -> Result<i64> {
+    let committed_input_offset = committed_input.unwrap_or(0);
+    let (low, high) = consumer.fetch_watermarks(changelog_topic, partition, WATERMARK_TIMEOUT)?;
+    let checkpoint = backend.checkpoint(store, partition)?;
+    let mut start = match checkpoint {
+        Some(checkpoint)
+            if checkpoint.input_next_offset <= committed_input_offset
+                && checkpoint.changelog_next_offset <= high =>
+        {
+            checkpoint.changelog_next_offset.max(low)
+        }
+        _ => {
+            backend.clear_partition(store, partition)?;
+            low
+        }
+    };
+    if start >= high {
+        start = start.max(high);
+        let writer = RestoreWriter::new(backend, store, partition);
+        writer.finish(Checkpoint {
+            changelog_next_offset: start,
+            input_next_offset: committed_input_offset,
+        })?;
+        return Ok(start);
+    }
+
+    let started = Instant::now();
+    tracing::info!(
+        topic = changelog_topic,
+        partition,
+        from = start,
+        to = high,
+        "Restoring state from changelog."
+    );
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(changelog_topic, partition, Offset::Offset(start))?;
+    consumer.assign(&assignment)?;
+    let mut writer = RestoreWriter::new(backend, store, partition);
+    let mut next = start;
+    metrics.remaining.add(high - start);
+    let mut reported_remaining = high - start;
+    let outcome = loop {
+        if started.elapsed() > timeout {
+            break Err(EngineError::RestoreTimeout {
+                topic: changelog_topic.to_owned(),
+                partition,
+                elapsed_ms: started.elapsed().as_millis(),
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let offset = message.offset();
+                let input_offset = message
+                    .headers()
+                    .and_then(|headers| {
+                        headers
+                            .iter()
+                            .find(|header| header.key == INPUT_OFFSET_HEADER)
+                            .and_then(|header| header.value)
+                    })
+                    .and_then(decode_input_offset);
+                let Some(input_offset) = input_offset else {
+                    break Err(EngineError::Changelog {
+                        topic: changelog_topic.to_owned(),
+                        partition,
+                        offset,
+                        reason: "record lacks its input-offset header",
+                    });
+                };
+                if input_offset < committed_input_offset {
+                    let key = message.key().unwrap_or_default();
+                    if let Err(error) = writer.apply(key, message.payload()) {
+                        break Err(error.into());
+                    }
+                }
+                next = offset + 1;
+                let remaining = (high - next).max(0);
+                if reported_remaining - remaining >= 1_000 || remaining == 0 {
+                    metrics.remaining.sub(reported_remaining - remaining);
+                    reported_remaining = remaining;
+                }
+                if next >= high {
+                    break Ok(());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                // Read-committed consumers reach the end at the last stable offset; transaction
+                // markers may sit between the last record and the high watermark.
+                if let Ok(position) = consumer.position() {
+                    if let Some(element) = position.find_partition(changelog_topic, partition) {
+                        if let Offset::Offset(offset) = element.offset() {
+                            next = next.max(offset);
+                        }
+                    }
+                }
+                break Ok(());
+            }
+            Some(Err(error)) => break Err(error.into()),
+            None => {}
+        }
+    };
+    metrics.remaining.sub(reported_remaining);
+    consumer.unassign()?;
+    outcome?;
+    metrics.applied.inc_by(writer.applied());
+    let applied = writer.finish(Checkpoint {
+        changelog_next_offset: next,
+        input_next_offset: committed_input_offset,
+    })?;
+    tracing::info!(
+        topic = changelog_topic,
+        partition,
+        applied,
+        reached = next,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Restored state."
+    );
+    Ok(next)
+}

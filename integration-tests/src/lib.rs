@@ -1,0 +1,1 @@
+//! Real-broker test harness.

@@ -1,0 +1,18 @@
+//! Stateful stream operators.
+//!
+//! Layout:
+//! - [`operator`]: the [`Operator`] lifecycle trait every operator implements, the
+//!   [`Emitter`] it writes to, and the per-partition state it is handed.
+//! - [`dedupe`]: idempotency checks on event ids within an event-time horizon.
+//!
+//! An operator's core is a synchronous `&mut self` function over one record and its partition's
+//! state: no async, no I/O beyond its state stores, no clock. The engine owns Kafka, transactions
+//! and metrics; operators stay benchmarkable and testable without a runtime.
+
+pub mod dedupe;
+pub mod error;
+pub mod operator;
+
+pub use error::{OperatorError, Result};
+pub use operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration};
+pub mod testing;

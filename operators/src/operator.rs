@@ -1,0 +1,118 @@
+//! The operator lifecycle.
+
+use breadcrumb_schemas::{Envelope, RawRecord};
+use breadcrumb_state::PartitionStore;
+
+use crate::Result;
+
+/// A state store an operator needs, declared before the engine opens RocksDB and creates the
+/// changelog topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreDeclaration {
+    /// Store name, unique within the engine: it names the column family and the changelog topic
+    /// (`<application_id>-<name>-changelog`).
+    pub name: String,
+}
+
+/// Where an operator sends a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Port {
+    /// Downstream: the next operator, or the pipeline's output topic.
+    Main,
+    /// Copies of an event already seen.
+    Duplicates,
+    /// Copies of an event already seen whose payload differs from the first copy.
+    Conflicts,
+}
+
+impl Port {
+    pub const ALL: [Port; 3] = [Port::Main, Port::Duplicates, Port::Conflicts];
+
+    /// Stable label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Port::Main => "main",
+            Port::Duplicates => "duplicates",
+            Port::Conflicts => "conflicts",
+        }
+    }
+}
+
+/// A header an operator adds to a record it emits. Names are static (`breadcrumb-*`) so the
+/// hot path never allocates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: &'static str,
+    pub value: &'a [u8],
+}
+
+/// Receives what an operator emits while processing one record.
+pub trait Emitter {
+    /// Emits the record being processed, unchanged, to `port`, with `headers` added after the
+    /// original ones.
+    fn emit_current(&mut self, port: Port, headers: &[Header<'_>]);
+}
+
+/// What became of a record an operator was handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The record was emitted to one or more ports (or deliberately held in state).
+    Handled,
+    /// The record lacks what this operator needs; the engine dead-letters it with this reason.
+    Rejected {
+        reason: &'static str,
+        message: &'static str,
+    },
+}
+
+/// The lifecycle of a stateful operator. Every hook but [`Operator::process`] has a no-op
+/// default. Hooks are called for one input partition at a time with that partition's stores, in
+/// the order of [`Operator::stores`].
+pub trait Operator: Send {
+    /// The operator's name in logs and metrics.
+    fn name(&self) -> &str;
+
+    /// State stores this operator keeps.
+    fn stores(&self) -> Vec<StoreDeclaration> {
+        Vec::new()
+    }
+
+    /// A partition was assigned and its stores restored: load hot state from them.
+    fn open_partition(&mut self, _stores: &mut [PartitionStore]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Processes one record of the partition the stores belong to.
+    fn process(
+        &mut self,
+        record: &RawRecord<'_>,
+        event: &Envelope,
+        stores: &mut [PartitionStore],
+        out: &mut dyn Emitter,
+    ) -> Result<Disposition>;
+
+    /// The transaction is about to commit: write hot state and expire old entries into the
+    /// stores' overlays. `last_input_offset` is the last offset processed for this partition.
+    fn checkpoint(
+        &mut self,
+        _stores: &mut [PartitionStore],
+        _last_input_offset: i64,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The open transaction aborted: overlays were discarded, so hot state must return to what
+    /// the committed stores say. The default reloads the partition from scratch.
+    fn abort_partition(&mut self, stores: &mut [PartitionStore]) -> Result<()> {
+        if let Some(first) = stores.first() {
+            self.close_partition(first.partition());
+        }
+        self.open_partition(stores)
+    }
+
+    /// The partition was revoked: drop its hot state.
+    fn close_partition(&mut self, _partition: i32) {}
+
+    /// The engine is shutting down.
+    fn close(&mut self) {}
+}

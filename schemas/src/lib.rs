@@ -1,0 +1,22 @@
+//! The event model and its codecs.
+//!
+//! Layout:
+//! - [`envelope`]: [`Envelope`], the decoded business event every operator sees, and
+//!   [`RawRecord`], the untouched Kafka record it came from (kept for republishing).
+//! - [`decode`]: the [`Decoder`] trait, [`DecoderConfig`] (chosen per input topic) and the
+//!   CloudEvents and plain-JSON decoders. Avro and OTLP decoders arrive later behind the same trait.
+//! - [`trace`]: W3C `traceparent` parsing.
+//! - [`error`]: [`DecodeError`] with its [`DecodeErrorClass`]; a decode failure is a value, never a
+//!   panic.
+
+pub mod decode;
+pub mod envelope;
+pub mod error;
+pub mod trace;
+
+pub use decode::{
+    build_decoder, CloudEventsConfig, Decoder, DecoderConfig, JsonConfig, TimeFallback,
+};
+pub use envelope::{AttributeValue, Envelope, RawRecord};
+pub use error::{DecodeError, DecodeErrorClass};
+pub use trace::TraceContext;

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test suite: unit and property tests, then integration tests against a real Kafka-protocol
+# broker (Nisshi, installed on first use into ~/.cargo/bin), then a compile check of the benches.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-system.sh
+scripts/install-nisshi.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+# Benchmarks are measured, not asserted: here they only have to build.
+cargo bench --workspace --no-run

@@ -1,0 +1,212 @@
+use tempfile::TempDir;
+
+use crate::{Checkpoint, RestoreWriter, StateBackend, StateError, StateOptions, NO_EXPIRY};
+
+fn open(dir: &TempDir) -> StateBackend {
+    StateBackend::open(
+        dir.path(),
+        &["dedupe".to_owned(), "other".to_owned()],
+        &StateOptions::default(),
+    )
+    .unwrap()
+}
+
+fn read(store: &mut crate::PartitionStore, key: &[u8]) -> Option<(i64, Vec<u8>)> {
+    let mut payload = Vec::new();
+    store
+        .get(key, &mut payload)
+        .unwrap()
+        .map(|expire| (expire, payload))
+}
+
+#[test]
+fn overlay_is_visible_but_reaches_rocksdb_only_on_commit() {
+    let dir = TempDir::new().unwrap();
+    let backend = open(&dir);
+    let id = backend.store_id("dedupe").unwrap();
+    let mut writer = backend.partition_store(id, 3);
+    writer.put(b"a", 100, b"first", 7);
+    assert_eq!(read(&mut writer, b"a"), Some((100, b"first".to_vec())));
+
+    // A second handle sees committed state only.
+    let mut reader = backend.partition_store(id, 3);
+    assert_eq!(read(&mut reader, b"a"), None);
+
+    let mut batch = backend.commit_batch();
+    writer.commit_into(&mut batch);
+    batch.set_checkpoint(
+        id,
+        3,
+        Checkpoint {
+            changelog_next_offset: 11,
+            input_next_offset: 8,
+        },
+    );
+    batch.write().unwrap();
+    assert_eq!(read(&mut reader, b"a"), Some((100, b"first".to_vec())));
+    assert_eq!(writer.dirty_len(), 0);
+    assert_eq!(
+        backend.checkpoint(id, 3).unwrap(),
+        Some(Checkpoint {
+            changelog_next_offset: 11,
+            input_next_offset: 8
+        })
+    );
+    assert_eq!(backend.checkpoint(id, 4).unwrap(), None);
+}
+
+#[test]
+fn discard_drops_uncommitted_writes_and_deletes_shadow_committed_ones() {
+    let dir = TempDir::new().unwrap();
+    let backend = open(&dir);
+    let id = backend.store_id("dedupe").unwrap();
+    let mut store = backend.partition_store(id, 0);
+    store.put(b"kept", NO_EXPIRY, b"v1", 1);
+    let mut batch = backend.commit_batch();
+    store.commit_into(&mut batch);
+    batch.write().unwrap();
+
+    store.delete(b"kept", 2);
+    store.put(b"new", NO_EXPIRY, b"v2", 2);
+    assert_eq!(read(&mut store, b"kept"), None);
+    let dirty: Vec<_> = store
+        .dirty()
+        .map(|entry| {
+            (
+                entry.key.to_vec(),
+                entry.value.is_some(),
+                entry.input_offset,
+            )
+        })
+        .collect();
+    assert_eq!(dirty.len(), 2);
+    assert!(dirty.contains(&(b"kept".to_vec(), false, 2)));
+    store.discard();
+    assert_eq!(read(&mut store, b"kept"), Some((NO_EXPIRY, b"v1".to_vec())));
+    assert_eq!(read(&mut store, b"new"), None);
+}
+
+#[test]
+fn partitions_and_stores_are_isolated() {
+    let dir = TempDir::new().unwrap();
+    let backend = open(&dir);
+    let dedupe = backend.store_id("dedupe").unwrap();
+    let other = backend.store_id("other").unwrap();
+    let mut batch = backend.commit_batch();
+    for (store, partition, value) in [(dedupe, 0, b"d0"), (dedupe, 1, b"d1"), (other, 0, b"o0")] {
+        let mut handle = backend.partition_store(store, partition);
+        handle.put(b"key", NO_EXPIRY, value, 0);
+        handle.commit_into(&mut batch);
+    }
+    batch.write().unwrap();
+    assert_eq!(
+        read(&mut backend.partition_store(dedupe, 1), b"key")
+            .unwrap()
+            .1,
+        b"d1"
+    );
+    assert_eq!(
+        read(&mut backend.partition_store(other, 0), b"key")
+            .unwrap()
+            .1,
+        b"o0"
+    );
+    assert_eq!(read(&mut backend.partition_store(other, 1), b"key"), None);
+
+    backend.clear_partition(dedupe, 0).unwrap();
+    assert_eq!(read(&mut backend.partition_store(dedupe, 0), b"key"), None);
+    assert!(read(&mut backend.partition_store(dedupe, 1), b"key").is_some());
+
+    let mut keys = Vec::new();
+    backend
+        .partition_store(dedupe, 1)
+        .for_each_committed(|key, value| {
+            keys.push((key.to_vec(), value.payload.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(keys, vec![(b"key".to_vec(), b"d1".to_vec())]);
+    assert!(matches!(
+        backend.store_id("missing"),
+        Err(StateError::UnknownStore(_))
+    ));
+}
+
+#[test]
+fn expiry_deletes_only_due_entries_and_respects_rewrites() {
+    let dir = TempDir::new().unwrap();
+    let backend = open(&dir);
+    let id = backend.store_id("dedupe").unwrap();
+    let mut store = backend.partition_store(id, 2);
+    store.put(b"early", 100, b"", 0);
+    store.put(b"late", 500, b"", 1);
+    store.put(b"rewritten", 150, b"", 2);
+    store.put(b"negative", -50, b"", 3);
+    let mut batch = backend.commit_batch();
+    store.commit_into(&mut batch);
+    batch.write().unwrap();
+
+    // `rewritten` moves its expiry past the horizon before the scan runs.
+    store.put(b"rewritten", 900, b"", 4);
+    let deleted = store.expire_due(200, 5, 100).unwrap();
+    assert_eq!(deleted, 2, "early and negative are due; rewritten is not");
+    let tombstones: Vec<_> = store
+        .dirty()
+        .filter(|entry| entry.value.is_none())
+        .map(|entry| (entry.key.to_vec(), entry.input_offset))
+        .collect();
+    assert_eq!(tombstones.len(), 2);
+    assert!(tombstones.contains(&(b"early".to_vec(), 5)));
+    let mut batch = backend.commit_batch();
+    store.commit_into(&mut batch);
+    batch.write().unwrap();
+
+    assert_eq!(read(&mut store, b"early"), None);
+    assert_eq!(read(&mut store, b"late").map(|value| value.0), Some(500));
+    assert_eq!(
+        read(&mut store, b"rewritten").map(|value| value.0),
+        Some(900)
+    );
+    // The stale index entry of `rewritten` (150) was cleaned up, so nothing more is due at 200.
+    assert_eq!(store.expire_due(200, 6, 100).unwrap(), 0);
+    // The limit bounds the work per call.
+    assert_eq!(store.expire_due(1_000, 7, 1).unwrap(), 1);
+}
+
+#[test]
+fn restore_writer_applies_changelog_and_survives_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let backend = open(&dir);
+        let id = backend.store_id("dedupe").unwrap();
+        let mut restore = RestoreWriter::new(&backend, id, 5);
+        let value = crate::StoredValue::encode(1_000, b"x");
+        restore.apply(b"a", Some(&value)).unwrap();
+        restore.apply(b"b", Some(&value)).unwrap();
+        restore.apply(b"a", None).unwrap();
+        assert!(restore.apply(b"bad", Some(&[9, 9])).is_err());
+        let applied = restore
+            .finish(Checkpoint {
+                changelog_next_offset: 3,
+                input_next_offset: 40,
+            })
+            .unwrap();
+        assert_eq!(applied, 3);
+        backend.flush().unwrap();
+    }
+    let backend = open(&dir);
+    let id = backend.store_id("dedupe").unwrap();
+    let mut store = backend.partition_store(id, 5);
+    assert_eq!(read(&mut store, b"a"), None);
+    assert_eq!(read(&mut store, b"b"), Some((1_000, b"x".to_vec())));
+    assert_eq!(
+        backend
+            .checkpoint(id, 5)
+            .unwrap()
+            .unwrap()
+            .input_next_offset,
+        40
+    );
+    // The restored entry is in the expiry index too.
+    assert_eq!(store.expire_due(1_000, 41, 10).unwrap(), 1);
+}
