@@ -5,12 +5,14 @@
 //! records; the journal lets a checker keep only the output of committed transactions.
 //!
 //! ```text
+//! begin <txn-id>
 //! pending <txn-id> <topic>:<partition>=<next-offset>,...
 //! committed <txn-id>
 //! aborted <txn-id>
 //! ```
-//! A `pending` line without an outcome is the transaction that was open when the process died;
-//! on restart [`resolve_pending`] decides it from the group's committed offsets.
+//! A `begin` or `pending` line without an outcome is the transaction that was open when the
+//! process died; on restart [`resolve_pending`] decides it from the group's committed offsets (a
+//! transaction that never reached `pending` never asked to commit: it aborted).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -28,6 +30,13 @@ impl Journal {
     pub fn open(path: &Path) -> Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self { file })
+    }
+
+    /// Records that `txn` has begun. Not synced: it only has to survive the process, and the
+    /// `pending` line that precedes any commit is.
+    pub fn begin(&mut self, txn: &str) -> Result<()> {
+        writeln!(self.file, "begin {txn}")?;
+        Ok(())
     }
 
     /// Records that `txn` is about to commit with these input offsets.
@@ -68,7 +77,14 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, bool>, Vec<PendingTransacti
         let line = line?;
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
+            (Some("begin"), Some(txn)) => {
+                pending.push(PendingTransaction {
+                    txn: txn.to_owned(),
+                    offsets: Vec::new(),
+                });
+            }
             (Some("pending"), Some(txn)) => {
+                pending.retain(|entry| entry.txn != txn);
                 let offsets = words
                     .next()
                     .unwrap_or_default()
@@ -128,6 +144,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("j");
         let mut journal = Journal::open(&path).unwrap();
+        journal.begin("t-1").unwrap();
         journal
             .pending("t-1", &[("in".into(), 0, 10), ("in".into(), 1, 5)])
             .unwrap();
@@ -135,13 +152,16 @@ mod tests {
         journal.pending("t-2", &[("in".into(), 0, 20)]).unwrap();
         journal.outcome("t-2", false).unwrap();
         journal.pending("t-3", &[("in".into(), 0, 30)]).unwrap();
+        journal.begin("t-4").unwrap();
         drop(journal);
 
         let (outcomes, pending) = read(&path).unwrap();
         assert_eq!(outcomes.get("t-1"), Some(&true));
         assert_eq!(outcomes.get("t-2"), Some(&false));
-        assert_eq!(pending.len(), 1);
+        assert_eq!(pending.len(), 2);
         assert_eq!(pending[0].txn, "t-3");
+        assert_eq!(pending[1].txn, "t-4");
+        assert!(pending[1].offsets.is_empty(), "never asked to commit");
         assert_eq!(pending[0].offsets, vec![("in".to_owned(), 0, 30)]);
 
         let mut committed = BTreeMap::new();
@@ -149,5 +169,6 @@ mod tests {
         assert!(!resolve_pending(&pending[0], &committed));
         committed.insert(("in".to_owned(), 0), 30);
         assert!(resolve_pending(&pending[0], &committed));
+        assert!(!resolve_pending(&pending[1], &committed));
     }
 }

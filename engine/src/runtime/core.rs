@@ -31,9 +31,11 @@ use crate::journal::Journal;
 use crate::metrics::Metrics;
 
 /// Bound on each blocking Kafka call of the commit protocol.
-const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Retries of a commit that timed out (librdkafka allows retrying the same commit).
-const COMMIT_RETRIES: usize = 5;
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Retries of a commit that timed out (librdkafka allows retrying the same commit). A producer
+/// fenced mid-transaction may only ever see timeouts from some brokers, so after these the
+/// producer is treated as failed and recreated.
+const COMMIT_RETRIES: usize = 2;
 
 pub type TransactionalProducer = ThreadedProducer<DeliveryContext>;
 
@@ -212,6 +214,9 @@ impl Core {
             )
             .as_bytes(),
         );
+        if let Some(journal) = self.journal.as_mut() {
+            journal.begin(&String::from_utf8_lossy(&self.transaction_header))?;
+        }
         self.transaction_open = true;
         self.transaction_started = Instant::now();
         self.transaction_records = 0;

@@ -300,12 +300,16 @@ fn resolve_journal(consumer: &BaseConsumer<EngineContext>, path: &std::path::Pat
         return Ok(());
     }
     let mut request = TopicPartitionList::new();
-    for entry in &pending {
+    for entry in pending.iter().filter(|entry| !entry.offsets.is_empty()) {
         for (topic, partition, _) in &entry.offsets {
             request.add_partition(topic, *partition);
         }
     }
-    let committed_list = consumer.committed_offsets(request, INIT_TIMEOUT)?;
+    let committed_list = if request.count() > 0 {
+        consumer.committed_offsets(request, INIT_TIMEOUT)?
+    } else {
+        TopicPartitionList::new()
+    };
     let mut committed = BTreeMap::new();
     for element in committed_list.elements() {
         if let Offset::Offset(offset) = element.offset() {

@@ -24,7 +24,7 @@ pub struct RestoreMetrics {
 /// Brings a store's partition up to date and returns the changelog offset it reached.
 ///
 /// Local state is trusted from its checkpoint on; the changelog tail past it is applied in order.
-/// Records whose input offset is at or past `committed_input` (the group's committed offset, or
+/// The tail is read to the end of the partition as the consumer sees it. Records whose input offset is at or past `committed_input` (the group's committed offset, or
 /// nothing committed at all) came from a transaction that never committed, on a broker that shows
 /// such records: they are skipped. A deterministic operator rewrites the same values when it
 /// reprocesses those inputs. A checkpoint ahead of the group (offsets reset by an operator) or
@@ -43,7 +43,7 @@ pub fn restore_partition(
     let committed_input_offset = committed_input.unwrap_or(0);
     let (low, high) = consumer.fetch_watermarks(changelog_topic, partition, WATERMARK_TIMEOUT)?;
     let checkpoint = backend.checkpoint(store, partition)?;
-    let mut start = match checkpoint {
+    let start = match checkpoint {
         Some(checkpoint)
             if checkpoint.input_next_offset <= committed_input_offset
                 && checkpoint.changelog_next_offset <= high =>
@@ -55,15 +55,6 @@ pub fn restore_partition(
             low
         }
     };
-    if start >= high {
-        start = start.max(high);
-        let writer = RestoreWriter::new(backend, store, partition);
-        writer.finish(Checkpoint {
-            changelog_next_offset: start,
-            input_next_offset: committed_input_offset,
-        })?;
-        return Ok(start);
-    }
 
     let started = Instant::now();
     tracing::info!(
@@ -78,8 +69,11 @@ pub fn restore_partition(
     consumer.assign(&assignment)?;
     let mut writer = RestoreWriter::new(backend, store, partition);
     let mut next = start;
-    metrics.remaining.add(high - start);
-    let mut reported_remaining = high - start;
+    // The high watermark only estimates progress: the end is where the consumer reports the end
+    // of the partition (the last stable offset for a read_committed reader), because some
+    // brokers under-report watermarks and transaction markers sit between records.
+    let mut reported_remaining = (high - start).max(0);
+    metrics.remaining.add(reported_remaining);
     let outcome = loop {
         if started.elapsed() > timeout {
             break Err(EngineError::RestoreTimeout {
@@ -116,12 +110,9 @@ pub fn restore_partition(
                 }
                 next = offset + 1;
                 let remaining = (high - next).max(0);
-                if reported_remaining - remaining >= 1_000 || remaining == 0 {
+                if reported_remaining - remaining >= 1_000 {
                     metrics.remaining.sub(reported_remaining - remaining);
                     reported_remaining = remaining;
-                }
-                if next >= high {
-                    break Ok(());
                 }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {

@@ -1,0 +1,265 @@
+//! Running the `breadcrumb` binary against a test broker: configuration files, processes,
+//! waiting for progress, and the `verify` command.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use breadcrumb_integration_tests::{committed_offsets, watermarks};
+
+/// The `breadcrumb` binary of this workspace build. Built once per test process: a test target
+/// of this package does not depend on another package's binaries, so it could otherwise be stale.
+pub fn breadcrumb_binary() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+            // target/<profile>/deps/<test> -> target/<profile>/breadcrumb
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("test executable has no profile directory")?;
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--workspace", "--bins"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .map_err(|error| error.to_string())?;
+            let binary = profile_dir.join("breadcrumb");
+            if !status.success() || !binary.exists() {
+                return Err(format!("could not build {}", binary.display()));
+            }
+            Ok(binary)
+        })
+        .clone()
+        .map_err(|error| anyhow::anyhow!(error))
+}
+
+/// One pipeline's worth of topic names and settings for a test.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub bootstrap: String,
+    pub application_id: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub duplicates_topic: String,
+    pub dead_letter_topic: String,
+    pub commit_interval_ms: u64,
+    pub repartition_by: Option<&'static str>,
+}
+
+impl Scenario {
+    pub fn new(bootstrap: &str, name: &str) -> Self {
+        let application_id = breadcrumb_integration_tests::unique_name(name);
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            input_topic: format!("{application_id}-payments"),
+            output_topic: format!("{application_id}-deduped"),
+            duplicates_topic: format!("{application_id}-duplicates"),
+            dead_letter_topic: format!("{application_id}-dlq"),
+            application_id,
+            commit_interval_ms: 100,
+            repartition_by: None,
+        }
+    }
+
+    /// Writes the configuration of instance `instance` under `dir` and returns its path.
+    pub fn write_config(&self, dir: &Path, instance: &str) -> Result<PathBuf> {
+        let state_dir = dir.join(format!("state-{instance}"));
+        let journal = dir.join(format!("journal-{instance}"));
+        let repartition = self
+            .repartition_by
+            .map(|key| format!("repartition_by = \"{key}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"
+application_id = "{app}"
+instance_id = "{instance}"
+commit_interval_ms = {commit}
+replication_factor = 1
+dead_letter_topic = "{dlq}"
+transaction_journal_path = "{journal}"
+transaction_timeout_ms = 10000
+
+[kafka]
+"bootstrap.servers" = "{bootstrap}"
+"broker.address.family" = "v4"
+
+[state]
+dir = "{state}"
+
+[http]
+enabled = false
+
+[logging]
+level = "info,librdkafka=warn,rdkafka=warn"
+
+[pipelines.payments]
+input_topics = ["{input}"]
+output_topic = "{output}"
+duplicates_topic = "{duplicates}"
+{repartition}
+[pipelines.payments.decoder]
+format = "cloudevents"
+"#,
+            app = self.application_id,
+            commit = self.commit_interval_ms,
+            dlq = self.dead_letter_topic,
+            journal = journal.display(),
+            bootstrap = self.bootstrap,
+            state = state_dir.display(),
+            input = self.input_topic,
+            output = self.output_topic,
+            duplicates = self.duplicates_topic,
+        );
+        let path = dir.join(format!("breadcrumb-{instance}.toml"));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    pub fn journal(&self, dir: &Path, instance: &str) -> PathBuf {
+        dir.join(format!("journal-{instance}"))
+    }
+
+    pub fn state_dir(&self, dir: &Path, instance: &str) -> PathBuf {
+        dir.join(format!("state-{instance}"))
+    }
+
+    /// Waits until the group has committed every input record (offsets at the high watermarks).
+    pub fn wait_until_consumed(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ends = watermarks(&self.bootstrap, &self.input_topic)?;
+            let committed =
+                committed_offsets(&self.bootstrap, &self.application_id, &self.input_topic)
+                    .unwrap_or_default();
+            let done = ends.iter().all(|(partition, (_, high))| {
+                *high == 0
+                    || committed
+                        .get(partition)
+                        .is_some_and(|offset| offset >= high)
+            });
+            if done {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "input not consumed within {timeout:?}: ends {ends:?}, committed {committed:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Committed input offsets of the group.
+    pub fn committed(&self) -> Result<BTreeMap<i32, i64>> {
+        committed_offsets(&self.bootstrap, &self.application_id, &self.input_topic)
+    }
+}
+
+/// A running `breadcrumb run` process, its output going to a log file.
+pub struct EngineProcess {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl EngineProcess {
+    pub fn start(config: &Path, log: &Path) -> Result<Self> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(breadcrumb_binary()?)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .context("starting breadcrumb")?;
+        Ok(Self {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// SIGTERM and wait: the engine finishes its transaction and leaves the group.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!(
+                    "engine did not stop within 60 s after SIGTERM:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no chance to commit, abort or flush anything.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs `breadcrumb verify` with the given journals; returns (exit success, stdout).
+pub fn verify(config: &Path, journals: &[PathBuf]) -> Result<(bool, String)> {
+    let mut command = Command::new(breadcrumb_binary()?);
+    command.args(["verify", "--config"]).arg(config);
+    for journal in journals {
+        command.arg("--journal").arg(journal);
+    }
+    let output = command.output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    Ok((output.status.success(), format!("{stdout}{stderr}")))
+}
+
+/// Committed transaction ids of the journals.
+pub fn committed_transactions(journals: &[PathBuf]) -> Result<std::collections::BTreeSet<String>> {
+    let mut committed = std::collections::BTreeSet::new();
+    for journal in journals {
+        let (outcomes, _) = breadcrumb_engine::journal::read(journal)?;
+        committed.extend(
+            outcomes
+                .into_iter()
+                .filter(|(_, ok)| *ok)
+                .map(|(txn, _)| txn),
+        );
+    }
+    Ok(committed)
+}
