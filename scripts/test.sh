@@ -8,9 +8,10 @@ scripts/install-nisshi.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --all-targets --no-fail-fast
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --workspace --lib --bins --tests --no-fail-fast
 fi
-# Benchmarks are measured, not asserted: here they only have to build.
-cargo bench --workspace --no-run
+# Benchmarks are measured, not asserted (`cargo bench`): here they only have to build, in the
+# test profile so RocksDB's C++ is not compiled a second time for the release profile.
+cargo build --workspace --benches

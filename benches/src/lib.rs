@@ -1,1 +1,1 @@
-//! Benchmark helpers.
+//! placeholder

@@ -37,6 +37,14 @@ impl GenerationalFilter {
         stream_time_ms.div_euclid(self.ttl_ms)
     }
 
+    /// Whether the filter has moved past the generation of `stream_time_ms`, dropping keys that
+    /// are still live at that stream time (after a rollback of stream time, it must be rebuilt).
+    pub fn is_ahead_of(&self, stream_time_ms: i64) -> bool {
+        self.current_generation != i64::MIN
+            && (stream_time_ms == i64::MIN
+                || self.current_generation > self.generation(stream_time_ms))
+    }
+
     /// Moves to the generation of `stream_time_ms`, dropping filters whose keys have all expired.
     pub fn advance(&mut self, stream_time_ms: i64) {
         let generation = self.generation(stream_time_ms);

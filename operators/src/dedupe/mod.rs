@@ -12,4 +12,6 @@ pub use config::DedupeConfig;
 pub use operator::{Dedupe, FirstSeen, DEDUPE_FIRST_SEEN_HEADER};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

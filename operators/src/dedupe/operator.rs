@@ -327,16 +327,21 @@ impl Operator for Dedupe {
 
     fn abort_partition(&mut self, stores: &mut [PartitionStore]) -> Result<()> {
         // The filter may hold keys of the aborted transaction; a superset only costs RocksDB
-        // reads, so it is kept rather than rebuilt. Stream time must roll back.
+        // reads, so it is kept rather than rebuilt. Stream time must roll back, and if the
+        // aborted records moved the filter into a later generation it has dropped keys that are
+        // live again at the rolled-back stream time: then it is rebuilt from committed state.
         let partition = stores[0].partition();
         let stream_time_ms = self.load_stream_time(&mut stores[0])?;
         match self.partitions.get_mut(&partition) {
-            Some(state) => {
+            Some(state) if !state.filter.is_ahead_of(stream_time_ms) => {
                 state.stream_time_ms = stream_time_ms;
                 state.persisted_stream_time_ms = stream_time_ms;
                 Ok(())
             }
-            None => self.open_partition(stores),
+            _ => {
+                self.partitions.remove(&partition);
+                self.open_partition(stores)
+            }
         }
     }
 

@@ -207,3 +207,23 @@ fn dedupe_missing_key_field_is_rejected_not_an_error() {
     ));
     assert!(out.emitted.is_empty());
 }
+
+#[test]
+fn dedupe_abort_after_the_filter_rotated_keeps_old_keys_findable() {
+    let mut harness = Harness::new(DedupeConfig {
+        ttl_ms: 100,
+        ..DedupeConfig::default()
+    });
+    harness.process(0, "early", 50, b"x");
+    harness.commit(0);
+    // The aborted transaction moves stream time two generations on: the filter drops the
+    // generation holding `early`.
+    harness.process(1, "jump", 290, b"x");
+    harness.stores[0].discard();
+    harness.operator.abort_partition(&mut harness.stores).unwrap();
+    // Stream time is back at 50, where `early` is live: a copy is still a duplicate.
+    assert_eq!(
+        harness.process(1, "early", 60, b"x").ports(),
+        vec![Port::Duplicates]
+    );
+}
