@@ -8,7 +8,7 @@ scripts/install-nisshi.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast
 else
   cargo test --workspace --lib --bins --tests --no-fail-fast
 fi
