@@ -140,7 +140,9 @@ impl EventBuilder {
         let digits = digits12(n);
         self.event.id.clear();
         self.event.id.push_str("pay-");
-        self.event.id.extend(digits.iter().map(|&digit| digit as char));
+        self.event
+            .id
+            .extend(digits.iter().map(|&digit| digit as char));
         self.event.event_time_ms = BASE_TIME_MS + n as i64;
         self.value[self.id_at..self.id_at + 12].copy_from_slice(&digits);
     }
@@ -283,7 +285,12 @@ impl DedupeRun {
             };
             let disposition = self
                 .operator
-                .process(&record, &self.builder.event, &mut self.stores, &mut self.out)
+                .process(
+                    &record,
+                    &self.builder.event,
+                    &mut self.stores,
+                    &mut self.out,
+                )
                 .expect("process");
             debug_assert_eq!(disposition, Disposition::Handled);
             self.next_offset += 1;
@@ -342,7 +349,11 @@ impl DedupeRun {
             self.backend.estimated_keys(self.store),
         );
         assert_eq!(self.out.main, distinct, "every new id is a first copy");
-        assert_eq!(self.out.duplicates, records - distinct, "every copy is a duplicate");
+        assert_eq!(
+            self.out.duplicates,
+            records - distinct,
+            "every copy is a duplicate"
+        );
         assert_eq!(self.out.conflicts, 0);
     }
 }

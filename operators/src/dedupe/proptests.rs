@@ -149,10 +149,11 @@ fn action_strategy() -> impl Strategy<Value = Action> {
         any::<Index>().prop_map(LocalState::Stale),
     ];
     prop_oneof![
-        30 => Just(Action::Continue),
-        8 => Just(Action::Commit),
-        3 => any::<bool>().prop_map(|during_commit| Action::Abort { during_commit }),
-        2 => (any::<bool>(), local)
+        60 => Just(Action::Continue),
+        16 => Just(Action::Commit),
+        6 => any::<bool>().prop_map(|during_commit| Action::Abort { during_commit }),
+        // Rare: each restart opens a RocksDB instance (~20 ms), the bulk of a case's time.
+        1 => (any::<bool>(), local)
             .prop_map(|(during_commit, local)| Action::Crash { during_commit, local }),
     ]
 }
@@ -307,6 +308,8 @@ struct Sim {
     pending: Vec<(i64, Decision)>,
     /// Decisions of committed transactions, by offset.
     committed: Vec<Option<Decision>>,
+    /// What happened, for failure messages.
+    trace: Vec<String>,
 }
 
 impl Sim {
@@ -333,6 +336,7 @@ impl Sim {
             last_processed: None,
             pending: Vec::new(),
             committed: vec![None; records],
+            trace: Vec::new(),
         };
         sim.restore_and_open();
         sim
@@ -376,14 +380,19 @@ impl Sim {
         let first_offset = out
             .header(0, DEDUPE_FIRST_OFFSET_HEADER)
             .map(|value| value.parse().unwrap());
-        self.pending.push((
-            offset,
-            Decision {
-                port: out.ports()[0],
-                first_seen_ms,
-                first_offset,
-            },
+        let decision = Decision {
+            port: out.ports()[0],
+            first_seen_ms,
+            first_offset,
+        };
+        self.trace.push(format!(
+            "{offset}:{}@{}/v{}={}",
+            record.id,
+            record.time_ms,
+            record.payload,
+            decision.port.as_str()
         ));
+        self.pending.push((offset, decision));
         self.last_processed = Some(offset);
         Ok(())
     }
@@ -425,29 +434,29 @@ impl Sim {
             *slot = Some(decision);
         }
         self.commits.push(checkpoint);
+        self.trace.push("COMMIT".to_owned());
         self.committed_input = Some(last + 1);
         self.last_processed = None;
         Ok(())
     }
 
     fn abort(&mut self, during_commit: bool) {
+        self.trace
+            .push(format!("ABORT(during_commit={during_commit})"));
         if during_commit {
             self.write_changelog(self.changelog_shows_aborted);
         }
         self.stores[0].discard();
-        if std::env::var("EXPLORE_ABORT_REOPEN").is_ok() {
-            self.operator.close_partition(self.partition);
-            self.operator.open_partition(&mut self.stores).expect("reopen");
-        } else {
         self.operator
             .abort_partition(&mut self.stores)
             .expect("abort_partition");
-        }
         self.pending.clear();
         self.last_processed = None;
     }
 
     fn crash(&mut self, during_commit: bool, local: &LocalState) {
+        self.trace
+            .push(format!("CRASH(during_commit={during_commit}, {local:?})"));
         if during_commit {
             self.write_changelog(self.changelog_shows_aborted);
         }
@@ -626,8 +635,9 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         };
         if got != want {
             return Err(TestCaseError::fail(format!(
-                "offset {offset} ({:?}): committed {got:?}, model {want:?}",
-                records[offset]
+                "offset {offset} ({:?}): committed {got:?}, model {want:?}\ntrace: {}",
+                records[offset],
+                sim.trace.join(" ")
             )));
         }
     }
@@ -700,7 +710,10 @@ fn play(config: DedupeConfig, records: &[Record], steps: &[Option<i64>]) -> Vec<
             sim.commit().unwrap();
         }
     }
-    sim.pending.iter().map(|(_, decision)| decision.port).collect()
+    sim.pending
+        .iter()
+        .map(|(_, decision)| decision.port)
+        .collect()
 }
 
 fn record(id: &str, time_ms: i64) -> Record {
@@ -723,6 +736,14 @@ fn dedupe_abort_after_stream_time_jumped_two_horizons_keeps_committed_copies() {
     };
     // 0: first copy of `a` at 150 (committed); 1: its retry at 160; 2: `x` at 350.
     let records = [record("a", 150), record("a", 160), record("x", 350)];
-    let ports = play(config, &records, &[Some(0), Some(1), Some(2), None, Some(1)]);
-    assert_eq!(ports, vec![Port::Duplicates], "replayed retry of `a` at stream time 160");
+    let ports = play(
+        config,
+        &records,
+        &[Some(0), Some(1), Some(2), None, Some(1)],
+    );
+    assert_eq!(
+        ports,
+        vec![Port::Duplicates],
+        "replayed retry of `a` at stream time 160"
+    );
 }
