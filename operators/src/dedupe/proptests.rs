@@ -314,7 +314,7 @@ struct Sim {
 
 impl Sim {
     fn new(case: &Case, records: usize) -> Self {
-        let root = TempDir::new().unwrap();
+        let root = temp_dir();
         let operator = Dedupe::new(PIPELINE, case.config.clone());
         let path = root.path().join("state-0");
         let backend = open_backend(&path, &operator);
@@ -579,6 +579,16 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// A directory for a case's RocksDB instances. RocksDB syncs files as it opens and closes an
+/// instance: on a disk that is most of a case's time, on a tmpfs it is free.
+fn temp_dir() -> TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    shm.is_dir()
+        .then(|| TempDir::new_in(shm).ok())
+        .flatten()
+        .unwrap_or_else(|| TempDir::new().unwrap())
 }
 
 fn open_backend(path: &std::path::Path, operator: &Dedupe) -> StateBackend {
