@@ -220,7 +220,10 @@ fn dedupe_abort_after_the_filter_rotated_keeps_old_keys_findable() {
     // generation holding `early`.
     harness.process(1, "jump", 290, b"x");
     harness.stores[0].discard();
-    harness.operator.abort_partition(&mut harness.stores).unwrap();
+    harness
+        .operator
+        .abort_partition(&mut harness.stores)
+        .unwrap();
     // Stream time is back at 50, where `early` is live: a copy is still a duplicate.
     assert_eq!(
         harness.process(1, "early", 60, b"x").ports(),
