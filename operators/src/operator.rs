@@ -23,10 +23,25 @@ pub enum Port {
     Duplicates,
     /// Copies of an event already seen whose payload differs from the first copy.
     Conflicts,
+    /// Events that arrived after their place in the order was given up (a gap was declared).
+    Late,
+    /// Records an operator generates about the stream itself, such as a gap in a sequence.
+    Gaps,
 }
 
 impl Port {
-    pub const ALL: [Port; 3] = [Port::Main, Port::Duplicates, Port::Conflicts];
+    pub const ALL: [Port; 5] = [
+        Port::Main,
+        Port::Duplicates,
+        Port::Conflicts,
+        Port::Late,
+        Port::Gaps,
+    ];
+
+    /// Position in [`Port::ALL`], for per-port tables without hashing.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// Stable label for metrics.
     pub fn as_str(self) -> &'static str {
@@ -34,6 +49,8 @@ impl Port {
             Port::Main => "main",
             Port::Duplicates => "duplicates",
             Port::Conflicts => "conflicts",
+            Port::Late => "late",
+            Port::Gaps => "gaps",
         }
     }
 }
@@ -51,6 +68,10 @@ pub trait Emitter {
     /// Emits the record being processed, unchanged, to `port`, with `headers` added after the
     /// original ones.
     fn emit_current(&mut self, port: Port, headers: &[Header<'_>]);
+
+    /// Emits another record to `port`: one the operator held in state and now releases, or one
+    /// it generated (a gap record). `headers` are added after the record's own.
+    fn emit_record(&mut self, port: Port, record: &RawRecord<'_>, headers: &[Header<'_>]);
 }
 
 /// What became of a record an operator was handed.
@@ -108,6 +129,24 @@ pub trait Operator: Send {
             self.close_partition(first.partition());
         }
         self.open_partition(stores)
+    }
+
+    /// Processing time moved on (called about once per commit interval for every assigned
+    /// partition, inside the open transaction). Only operators with a configured
+    /// processing-time timeout act on it; event-time decisions never depend on it.
+    fn on_processing_time(
+        &mut self,
+        _stores: &mut [PartitionStore],
+        _now_ms: i64,
+        _out: &mut dyn Emitter,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Events of the partition held in state, not yet emitted (for conservation checks and
+    /// metrics). Operators that never hold events keep the default.
+    fn waiting(&self, _partition: i32) -> u64 {
+        0
     }
 
     /// The partition was revoked: drop its hot state.

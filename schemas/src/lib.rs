@@ -5,6 +5,7 @@
 //!   [`RawRecord`], the untouched Kafka record it came from (kept for republishing).
 //! - [`decode`]: the [`Decoder`] trait, [`DecoderConfig`] (chosen per input topic) and the
 //!   CloudEvents and plain-JSON decoders. Avro and OTLP decoders arrive later behind the same trait.
+//! - [`stored`]: [`StoredRecord`], the versioned format of records held in operator state.
 //! - [`trace`]: W3C `traceparent` parsing.
 //! - [`error`]: [`DecodeError`] with its [`DecodeErrorClass`]; a decode failure is a value, never a
 //!   panic.
@@ -12,6 +13,7 @@
 pub mod decode;
 pub mod envelope;
 pub mod error;
+pub mod stored;
 pub mod trace;
 
 pub use decode::{
@@ -19,4 +21,5 @@ pub use decode::{
 };
 pub use envelope::{AttributeValue, Envelope, RawRecord};
 pub use error::{DecodeError, DecodeErrorClass};
+pub use stored::{StoredRecord, StoredRecordError, STORED_RECORD_VERSION};
 pub use trace::TraceContext;

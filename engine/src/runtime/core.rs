@@ -62,7 +62,7 @@ struct Position {
 /// the counters describe committed output exactly.
 #[derive(Debug, Default, Clone)]
 struct PipelineCounts {
-    ports: [u64; 3],
+    ports: [u64; Port::ALL.len()],
     dead_letters: [u64; DEAD_LETTER_REASONS.len()],
 }
 
@@ -828,13 +828,39 @@ struct Publisher<'a> {
     producer: &'a TransactionalProducer,
     record: &'a RawRecord<'a>,
     transaction: &'a [u8],
-    port_topics: &'a [Option<String>; 3],
+    port_topics: &'a [Option<String>; Port::ALL.len()],
     add_source_headers: bool,
     counts: &'a mut PipelineCounts,
     error: Option<KafkaError>,
 }
 
 impl Emitter for Publisher<'_> {
+    fn emit_record(&mut self, port: Port, record: &RawRecord<'_>, extra: &[OperatorHeader<'_>]) {
+        let index = port_index(port);
+        self.counts.ports[index] += 1;
+        let Some(topic) = &self.port_topics[index] else {
+            return;
+        };
+        if self.error.is_some() {
+            return;
+        }
+        let mut pairs: SmallVec<[(&str, &[u8]); 4]> = SmallVec::new();
+        for header in extra {
+            pairs.push((header.name, header.value));
+        }
+        if let Err(error) = send_record(
+            self.producer,
+            topic,
+            record,
+            None,
+            &pairs,
+            self.add_source_headers,
+            self.transaction,
+        ) {
+            self.error = Some(error);
+        }
+    }
+
     fn emit_current(&mut self, port: Port, extra: &[OperatorHeader<'_>]) {
         let index = port_index(port);
         self.counts.ports[index] += 1;

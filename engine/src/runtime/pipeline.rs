@@ -74,7 +74,7 @@ pub struct Pipeline {
     /// Stores of the operator, in declaration order, with their changelog topics.
     pub stores: Vec<(StoreId, String)>,
     /// Topic per port (`Port::Main`, `Port::Duplicates`, `Port::Conflicts`).
-    pub port_topics: [Option<String>; 3],
+    pub port_topics: [Option<String>; Port::ALL.len()],
     pub repartition: Option<(RepartitionKey, String)>,
     /// The topic whose partitions own this pipeline's state.
     pub state_topic: String,
@@ -82,11 +82,7 @@ pub struct Pipeline {
 }
 
 pub fn port_index(port: Port) -> usize {
-    match port {
-        Port::Main => 0,
-        Port::Duplicates => 1,
-        Port::Conflicts => 2,
-    }
+    port.index()
 }
 
 /// The store names every pipeline declares, for opening RocksDB before the pipelines exist.
@@ -176,6 +172,8 @@ pub fn compile(
                 Some(output),
                 pipeline_config.duplicates_topic.clone(),
                 Some(pipeline_config.conflicts_topic()),
+                None,
+                None,
             ],
             repartition,
             state_topic,
