@@ -14,5 +14,5 @@ pub mod error;
 pub mod operator;
 
 pub use error::{OperatorError, Result};
-pub use operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration};
+pub use operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration, Waiting};
 pub mod testing;

@@ -74,6 +74,14 @@ pub trait Emitter {
     fn emit_record(&mut self, port: Port, record: &RawRecord<'_>, headers: &[Header<'_>]);
 }
 
+/// Events an operator holds for a partition, not yet emitted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub events: u64,
+    /// Encoded size of the held records.
+    pub bytes: u64,
+}
+
 /// What became of a record an operator was handed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -145,8 +153,8 @@ pub trait Operator: Send {
 
     /// Events of the partition held in state, not yet emitted (for conservation checks and
     /// metrics). Operators that never hold events keep the default.
-    fn waiting(&self, _partition: i32) -> u64 {
-        0
+    fn waiting(&self, _partition: i32) -> Waiting {
+        Waiting::default()
     }
 
     /// The partition was revoked: drop its hot state.
