@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use breadcrumb_operators::{Disposition, Emitter, Header as OperatorHeader, Operator, Port};
+use breadcrumb_operators::{Header as OperatorHeader, Port};
 use breadcrumb_schemas::{Envelope, RawRecord};
 use breadcrumb_state::format::encode_input_offset;
 use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
@@ -17,6 +17,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use smallvec::SmallVec;
 
+use super::chain::{Sink, MAX_OPERATORS};
 use super::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
 use super::pipeline::{
     dead_letter_reason_index, decode_reason, port_index, repartition_key, Pipeline, Route, Stage,
@@ -62,7 +63,8 @@ struct Position {
 /// the counters describe committed output exactly.
 #[derive(Debug, Default, Clone)]
 struct PipelineCounts {
-    ports: [u64; Port::ALL.len()],
+    /// Emissions per operator of the chain and per port.
+    ports: [[u64; Port::ALL.len()]; MAX_OPERATORS],
     dead_letters: [u64; DEAD_LETTER_REASONS.len()],
 }
 
@@ -333,34 +335,24 @@ impl Core {
                     task.last_offset = offset;
                     let mut publisher = Publisher {
                         producer,
-                        record: &record,
                         transaction: transaction_header,
                         port_topics: &pipeline.port_topics,
+                        last_operator: pipeline.chain.len() - 1,
+                        dead_letter_topic,
+                        pipeline: &pipeline.name,
                         add_source_headers,
                         counts,
                         error: None,
                     };
-                    let disposition = pipeline.operator.process(
+                    pipeline.chain.process(
                         &record,
                         envelope,
                         &mut task.stores,
+                        pipeline.decoder.as_ref(),
                         &mut publisher,
                     )?;
                     if let Some(error) = publisher.error {
                         return Err(error.into());
-                    }
-                    if let Disposition::Rejected { reason, message } = disposition {
-                        dead_letter(
-                            producer,
-                            dead_letter_topic,
-                            &pipeline.name,
-                            &record,
-                            reason,
-                            message,
-                            transaction_header,
-                            add_source_headers,
-                            counts,
-                        )?;
                     }
                 }
             }
@@ -473,7 +465,7 @@ impl Core {
                 continue;
             }
             self.pipelines[*pipeline_index]
-                .operator
+                .chain
                 .checkpoint(&mut task.stores, task.last_offset)?;
             for (store_index, store) in task.stores.iter().enumerate() {
                 let slot = self.changelog_slot[*pipeline_index][store_index];
@@ -542,9 +534,18 @@ impl Core {
         }
         for (pipeline, counts) in self.pipelines.iter().zip(self.pipeline_counts.iter_mut()) {
             let counts = std::mem::take(counts);
-            pipeline.metrics.events_out.inc_by(counts.ports[0]);
-            pipeline.metrics.duplicates.inc_by(counts.ports[1]);
-            pipeline.metrics.conflicts.inc_by(counts.ports[2]);
+            let last = pipeline.chain.len() - 1;
+            pipeline
+                .metrics
+                .events_out
+                .inc_by(counts.ports[last][Port::Main.index()]);
+            for (operator_counts, counters) in counts.ports.iter().zip(&pipeline.metrics.ports) {
+                for (count, counter) in operator_counts.iter().zip(counters) {
+                    if let (true, Some(counter)) = (*count > 0, counter) {
+                        counter.inc_by(*count);
+                    }
+                }
+            }
             for (counter, count) in pipeline
                 .metrics
                 .dead_letters
@@ -635,7 +636,7 @@ impl Core {
                     store.discard();
                 }
                 self.pipelines[*pipeline_index]
-                    .operator
+                    .chain
                     .abort_partition(&mut task.stores)?;
                 task.touched = false;
                 task.last_offset = task.committed_next - 1;
@@ -688,7 +689,7 @@ impl Core {
             self.positions.remove(&(route, partition));
             if let Stage::Stateful { pipeline } = self.routes[route].stage {
                 if self.tasks.remove(&(pipeline, partition)).is_some() {
-                    self.pipelines[pipeline].operator.close_partition(partition);
+                    self.pipelines[pipeline].chain.close_partition(partition);
                 }
             }
         }
@@ -792,7 +793,7 @@ impl Core {
                 .iter()
                 .map(|(store, _)| self.backend.partition_store(*store, partition))
                 .collect();
-            pipeline.operator.open_partition(&mut stores)?;
+            pipeline.chain.open_partition(&mut stores)?;
             for (store, _) in &pipeline.stores {
                 self.metrics
                     .state_keys
@@ -817,27 +818,36 @@ impl Core {
     /// Closes operators at shutdown.
     pub fn close(&mut self) {
         for pipeline in &mut self.pipelines {
-            pipeline.operator.close();
+            pipeline.chain.close();
         }
         self.tasks.clear();
     }
 }
 
-/// Emits operator output into the open transaction.
+/// Sends what leaves an operator chain into the open transaction.
 struct Publisher<'a> {
     producer: &'a TransactionalProducer,
-    record: &'a RawRecord<'a>,
     transaction: &'a [u8],
     port_topics: &'a [Option<String>; Port::ALL.len()],
+    last_operator: usize,
+    dead_letter_topic: &'a str,
+    pipeline: &'a str,
     add_source_headers: bool,
     counts: &'a mut PipelineCounts,
     error: Option<KafkaError>,
 }
 
-impl Emitter for Publisher<'_> {
-    fn emit_record(&mut self, port: Port, record: &RawRecord<'_>, extra: &[OperatorHeader<'_>]) {
+impl Sink for Publisher<'_> {
+    fn send(
+        &mut self,
+        operator: usize,
+        port: Port,
+        record: &RawRecord<'_>,
+        extra: &[OperatorHeader<'_>],
+    ) {
+        debug_assert!(port != Port::Main || operator == self.last_operator);
         let index = port_index(port);
-        self.counts.ports[index] += 1;
+        self.counts.ports[operator][index] += 1;
         let Some(topic) = &self.port_topics[index] else {
             return;
         };
@@ -861,27 +871,20 @@ impl Emitter for Publisher<'_> {
         }
     }
 
-    fn emit_current(&mut self, port: Port, extra: &[OperatorHeader<'_>]) {
-        let index = port_index(port);
-        self.counts.ports[index] += 1;
-        let Some(topic) = &self.port_topics[index] else {
-            return;
-        };
+    fn reject(&mut self, record: &RawRecord<'_>, reason: &'static str, message: &str) {
         if self.error.is_some() {
             return;
         }
-        let mut pairs: SmallVec<[(&str, &[u8]); 4]> = SmallVec::new();
-        for header in extra {
-            pairs.push((header.name, header.value));
-        }
-        if let Err(error) = send_record(
+        if let Err(error) = dead_letter(
             self.producer,
-            topic,
-            self.record,
-            None,
-            &pairs,
-            self.add_source_headers,
+            self.dead_letter_topic,
+            self.pipeline,
+            record,
+            reason,
+            message,
             self.transaction,
+            self.add_source_headers,
+            self.counts,
         ) {
             self.error = Some(error);
         }

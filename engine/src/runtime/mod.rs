@@ -7,6 +7,7 @@
 //! 2. process the record, if any, inside the open transaction;
 //! 3. commit when `commit_interval_ms` has passed or the transaction is full.
 
+mod chain;
 pub mod context;
 mod core;
 pub mod pipeline;

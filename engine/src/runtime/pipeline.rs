@@ -7,6 +7,7 @@ use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, Envelope};
 use breadcrumb_state::{StateBackend, StoreId};
 use prometheus::IntCounter;
 
+use super::chain::OperatorChain;
 use crate::config::{EngineConfig, PipelineConfig, RepartitionKey};
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -61,8 +62,9 @@ pub struct Route {
 /// Metric handles of one pipeline.
 pub struct PipelineMetrics {
     pub events_out: IntCounter,
-    pub duplicates: IntCounter,
-    pub conflicts: IntCounter,
+    /// Per operator of the chain and per port, the counter its emissions add to (main output of
+    /// the last operator goes to `events_out`).
+    pub ports: Vec<[Option<IntCounter>; Port::ALL.len()]>,
     pub dead_letters: Vec<IntCounter>,
 }
 
@@ -70,8 +72,9 @@ pub struct PipelineMetrics {
 pub struct Pipeline {
     pub name: String,
     pub decoder: Box<dyn Decoder>,
-    pub operator: Dedupe,
-    /// Stores of the operator, in declaration order, with their changelog topics.
+    pub chain: OperatorChain,
+    /// Stores of the chain's operators, in chain and declaration order, with their changelog
+    /// topics.
     pub stores: Vec<(StoreId, String)>,
     /// Topic per port (`Port::Main`, `Port::Duplicates`, `Port::Conflicts`).
     pub port_topics: [Option<String>; Port::ALL.len()],
@@ -85,6 +88,29 @@ pub fn port_index(port: Port) -> usize {
     port.index()
 }
 
+/// The operators of a pipeline, in chain order.
+fn build_operators(name: &str, pipeline: &PipelineConfig) -> Vec<Box<dyn Operator>> {
+    vec![Box::new(Dedupe::new(name, pipeline.dedupe.clone()))]
+}
+
+/// Counters for what each operator of the chain emits, by port.
+fn port_counters(
+    name: &str,
+    operators: &[Box<dyn Operator>],
+    metrics: &Metrics,
+) -> Vec<[Option<IntCounter>; Port::ALL.len()]> {
+    operators
+        .iter()
+        .map(|_operator| {
+            let mut counters: [Option<IntCounter>; Port::ALL.len()] = Default::default();
+            counters[Port::Duplicates.index()] =
+                Some(metrics.duplicates.with_label_values(&[name]));
+            counters[Port::Conflicts.index()] = Some(metrics.conflicts.with_label_values(&[name]));
+            counters
+        })
+        .collect()
+}
+
 /// The store names every pipeline declares, for opening RocksDB before the pipelines exist.
 pub fn declared_store_names(config: &EngineConfig) -> Vec<String> {
     config
@@ -96,9 +122,9 @@ pub fn declared_store_names(config: &EngineConfig) -> Vec<String> {
 
 /// The store names one pipeline declares.
 pub fn declared_store_names_of(name: &str, pipeline: &PipelineConfig) -> Vec<String> {
-    Dedupe::new(name, pipeline.dedupe.clone())
-        .stores()
-        .into_iter()
+    build_operators(name, pipeline)
+        .iter()
+        .flat_map(|operator| operator.stores())
         .map(|store| store.name)
         .collect()
 }
@@ -112,9 +138,10 @@ pub fn compile(
     let mut pipelines = Vec::new();
     let mut routes = Vec::new();
     for (index, (name, pipeline_config)) in config.pipelines.iter().enumerate() {
-        let operator = Dedupe::new(name, pipeline_config.dedupe.clone());
+        let operators = build_operators(name, pipeline_config);
+        let ports = port_counters(name, &operators, metrics);
         let mut stores = Vec::new();
-        for declaration in operator.stores() {
+        for declaration in operators.iter().flat_map(|operator| operator.stores()) {
             stores.push((
                 backend.store_id(&declaration.name)?,
                 config.changelog_topic(&declaration.name),
@@ -153,12 +180,11 @@ pub fn compile(
         pipelines.push(Pipeline {
             name: name.clone(),
             decoder: build_decoder(&pipeline_config.decoder),
-            operator,
+            chain: OperatorChain::new(operators),
             stores,
             metrics: PipelineMetrics {
                 events_out: metrics.events_out.with_label_values(&[name, &output]),
-                duplicates: metrics.duplicates.with_label_values(&[name]),
-                conflicts: metrics.conflicts.with_label_values(&[name]),
+                ports,
                 dead_letters: DEAD_LETTER_REASONS
                     .iter()
                     .map(|reason| {
