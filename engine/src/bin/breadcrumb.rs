@@ -74,6 +74,13 @@ enum Command {
         /// Distinct accounts (Kafka keys).
         #[arg(long, default_value_t = 1_000)]
         keys: u64,
+        /// Percentage of accounts whose events arrive shuffled (about half held back behind
+        /// the account's next event).
+        #[arg(long, default_value_t = 0.0)]
+        shuffled_accounts_percent: f64,
+        /// Percentage of events whose account skips a sequence number first.
+        #[arg(long, default_value_t = 0.0)]
+        sequence_gap_percent: f64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
         /// Create the topic with this many partitions if it is missing.
@@ -177,6 +184,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             conflict_percent,
             poison_percent,
             keys,
+            shuffled_accounts_percent,
+            sequence_gap_percent,
             seed,
             partitions,
         } => {
@@ -203,6 +212,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     conflict_percent,
                     poison_percent,
                     accounts: keys,
+                    shuffled_accounts_percent,
+                    sequence_gap_percent,
                     seed,
                     ..WorkloadSpec::default()
                 },
