@@ -378,7 +378,9 @@ mod tests {
         assert!((1_700..2_300).contains(&count(RecordKind::Duplicate)));
         assert!((300..500).contains(&count(RecordKind::Conflict)));
         assert!((100..300).contains(&count(RecordKind::Poison)));
-        assert!(first.iter().all(|record| !record.reordered && !record.gap_before));
+        assert!(first
+            .iter()
+            .all(|record| !record.reordered && !record.gap_before));
         // Copies are byte-identical to an earlier event with the same id.
         for (index, record) in first.iter().enumerate() {
             if record.kind == RecordKind::Duplicate {

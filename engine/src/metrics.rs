@@ -2,8 +2,8 @@
 //! runtime; nothing on the per-record path looks a metric up by name.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the engine exports.
@@ -40,6 +40,20 @@ pub struct Metrics {
     pub transaction_records: Histogram,
     /// Producer recreations after a fatal or fenced error.
     pub producer_restarts: IntCounter,
+    /// Gap records emitted by ordering operators, by pipeline.
+    pub ordering_gaps: IntCounterVec,
+    /// Events that arrived after their gap was declared, by pipeline.
+    pub ordering_late: IntCounterVec,
+    /// Repeats of a sequence already emitted or waiting, by pipeline.
+    pub ordering_repeats: IntCounterVec,
+    /// Events held waiting for a gap to fill, by pipeline (as of the last commit).
+    pub ordering_waiting_events: IntGaugeVec,
+    /// Bytes of events held waiting for a gap to fill, by pipeline.
+    pub ordering_waiting_bytes: IntGaugeVec,
+    /// How far ahead of the next expected sequence a held event was, by pipeline.
+    pub ordering_reorder_depth: HistogramVec,
+    /// Event time a held event waited before release, by pipeline.
+    pub ordering_buffer_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -155,6 +169,52 @@ impl Metrics {
         registry
             .register(Box::new(producer_restarts.clone()))
             .expect("metric registered once");
+        let ordering_gaps = counter(
+            "breadcrumb_ordering_gaps_total",
+            "Gap records emitted: sequences given up on after a timeout, an overflow or a new epoch.",
+            &["pipeline"],
+        );
+        let ordering_late = counter(
+            "breadcrumb_ordering_late_total",
+            "Events that arrived after their place in the order was given up.",
+            &["pipeline"],
+        );
+        let ordering_repeats = counter(
+            "breadcrumb_ordering_repeats_total",
+            "Events repeating a sequence number already emitted or waiting.",
+            &["pipeline"],
+        );
+        let ordering_waiting_events = gauge_vec(
+            "breadcrumb_ordering_waiting_events",
+            "Events held until the gap before them fills, as of the last commit.",
+            &["pipeline"],
+        );
+        let ordering_waiting_bytes = gauge_vec(
+            "breadcrumb_ordering_waiting_bytes",
+            "Bytes of events held until the gap before them fills, as of the last commit.",
+            &["pipeline"],
+        );
+        let histogram_vec = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &["pipeline"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric registered once");
+            metric
+        };
+        let ordering_reorder_depth = histogram_vec(
+            "breadcrumb_ordering_reorder_depth",
+            "Sequence numbers between the next expected one and a held event.",
+            prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
+        );
+        let ordering_buffer_seconds = histogram_vec(
+            "breadcrumb_ordering_buffer_seconds",
+            "Event time a held event waited before it was released.",
+            prometheus::exponential_buckets(0.01, 4.0, 10).expect("valid buckets"),
+        );
         Self {
             registry,
             events_in,
@@ -172,6 +232,13 @@ impl Metrics {
             assigned_partitions,
             transaction_records,
             producer_restarts,
+            ordering_gaps,
+            ordering_late,
+            ordering_repeats,
+            ordering_waiting_events,
+            ordering_waiting_bytes,
+            ordering_reorder_depth,
+            ordering_buffer_seconds,
         }
     }
 

@@ -205,9 +205,15 @@ mod tests {
     use crate::RawRecord;
     use proptest::prelude::*;
 
-    fn sample() -> (Vec<(&'static str, Option<&'static [u8]>)>, RawRecord<'static>) {
-        let headers: Vec<(&'static str, Option<&'static [u8]>)> =
-            vec![("ce_id", Some(b"p-1")), ("empty", None), ("ce_id", Some(b""))];
+    fn sample() -> (
+        Vec<(&'static str, Option<&'static [u8]>)>,
+        RawRecord<'static>,
+    ) {
+        let headers: Vec<(&'static str, Option<&'static [u8]>)> = vec![
+            ("ce_id", Some(b"p-1")),
+            ("empty", None),
+            ("ce_id", Some(b"")),
+        ];
         let leaked: &'static [(&'static str, Option<&'static [u8]>)] =
             Box::leak(headers.clone().into_boxed_slice());
         let record = RawRecord {

@@ -139,7 +139,11 @@ impl OperatorChain {
         self.each(stores, |operator, own| operator.open_partition(own))
     }
 
-    pub fn checkpoint(&mut self, stores: &mut [PartitionStore], last_input_offset: i64) -> Result<()> {
+    pub fn checkpoint(
+        &mut self,
+        stores: &mut [PartitionStore],
+        last_input_offset: i64,
+    ) -> Result<()> {
         self.each(stores, |operator, own| {
             operator.checkpoint(own, last_input_offset)
         })
@@ -169,7 +173,10 @@ impl OperatorChain {
     fn each(
         &mut self,
         stores: &mut [PartitionStore],
-        mut hook: impl FnMut(&mut dyn Operator, &mut [PartitionStore]) -> breadcrumb_operators::Result<()>,
+        mut hook: impl FnMut(
+            &mut dyn Operator,
+            &mut [PartitionStore],
+        ) -> breadcrumb_operators::Result<()>,
     ) -> Result<()> {
         let mut stores = stores;
         for (operator, count) in self.operators.iter_mut().zip(&self.store_counts) {
@@ -214,7 +221,11 @@ impl Link<'_> {
             .headers
             .iter()
             .copied()
-            .chain(headers.iter().map(|header| (header.name, Some(header.value))))
+            .chain(
+                headers
+                    .iter()
+                    .map(|header| (header.name, Some(header.value))),
+            )
             .collect();
         let merged = RawRecord {
             headers: &merged_headers,
