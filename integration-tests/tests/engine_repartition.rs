@@ -1,0 +1,116 @@
+//! `repartition_by`: copies of one event that arrive under different Kafka keys (and so on
+//! different input partitions) meet again on one partition of the internal repartition topic,
+//! still exactly-once, on a real broker.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use breadcrumb_engine::generate::{RecordKind, Workload, WorkloadSpec, CLOUDEVENTS_JSON};
+use breadcrumb_integration_tests::{
+    committed_offsets, create_topics, produce, watermarks, Broker, Storage, TestRecord,
+};
+use common::{verify, EngineProcess, Scenario};
+
+const CONSUME_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Waits until the group's committed offsets on `topic` stop moving at the topic's end. A
+/// transactional topic ends with commit markers, so "at the end" allows the marker's offset.
+fn wait_until_drained(scenario: &Scenario, topic: &str) -> Result<()> {
+    let deadline = Instant::now() + CONSUME_TIMEOUT;
+    let mut stable_since: Option<(Instant, Vec<(i32, i64)>)> = None;
+    loop {
+        let ends = watermarks(&scenario.bootstrap, topic)?;
+        let committed = committed_offsets(&scenario.bootstrap, &scenario.application_id, topic)
+            .unwrap_or_default();
+        let at_end = ends.iter().all(|(partition, (_, high))| {
+            *high == 0
+                || committed
+                    .get(partition)
+                    .is_some_and(|offset| *offset >= high - 1)
+        });
+        let snapshot: Vec<(i32, i64)> = committed.into_iter().collect();
+        match &stable_since {
+            Some((since, seen)) if at_end && *seen == snapshot => {
+                if since.elapsed() > Duration::from_millis(1_500) {
+                    return Ok(());
+                }
+            }
+            _ => stable_since = Some((Instant::now(), snapshot)),
+        }
+        if Instant::now() > deadline {
+            bail!("{topic} not drained within {CONSUME_TIMEOUT:?}: ends {ends:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn repartition_by_event_id_dedupes_copies_that_arrive_under_other_keys() -> Result<()> {
+    let dir = tempfile::TempDir::new()?;
+    let broker = Broker::start(Storage::Sqlite(dir.path().join("nisshi").join("broker.db")))?;
+    let mut scenario = Scenario::new(&broker.bootstrap(), "repartition");
+    scenario.repartition_by = Some("event_id");
+    create_topics(&scenario.bootstrap, &[(&scenario.input_topic, 4)], false)?;
+
+    // Producer retries that went out under another key (a proxy re-keyed them): without the
+    // repartition topic, a copy on another partition would meet another partition's state.
+    let spec = WorkloadSpec {
+        records: 6_000,
+        duplicate_percent: 15.0,
+        conflict_percent: 0.0,
+        poison_percent: 1.0,
+        accounts: 100,
+        seed: 11,
+        ..WorkloadSpec::default()
+    };
+    let mut records = Vec::new();
+    let mut kinds = Vec::new();
+    for (index, record) in Workload::new(spec).enumerate() {
+        let key = if record.kind == RecordKind::Duplicate {
+            format!("rekeyed-{index}").into_bytes()
+        } else {
+            record.key.clone()
+        };
+        kinds.push((record.kind, record.id.clone()));
+        records.push(TestRecord::new(key, record.value).header("content-type", CLOUDEVENTS_JSON));
+    }
+    let placed = produce(&scenario.bootstrap, &scenario.input_topic, &records)?;
+    let mut first_partition: HashMap<&str, i32> = HashMap::new();
+    let mut copies_elsewhere = 0;
+    for ((kind, id), (partition, _)) in kinds.iter().zip(&placed) {
+        match kind {
+            RecordKind::New => {
+                first_partition.insert(id, *partition);
+            }
+            RecordKind::Duplicate => {
+                if first_partition.get(id.as_str()) != Some(partition) {
+                    copies_elsewhere += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    ensure!(
+        copies_elsewhere > 300,
+        "the workload must put copies on other partitions than their first copy ({copies_elsewhere})"
+    );
+
+    let config = scenario.write_config(dir.path(), "a")?;
+    let journal = scenario.journal(dir.path(), "a");
+    let engine = EngineProcess::start(&config, &dir.path().join("a.log"))?;
+    scenario.wait_until_consumed(CONSUME_TIMEOUT)?;
+    let repartition_topic = format!("{}-payments-repartition", scenario.application_id);
+    let drained = wait_until_drained(&scenario, &repartition_topic);
+    let tail = engine.log_tail(60);
+    drained.map_err(|error| error.context(tail.clone()))?;
+    let status = engine.stop()?;
+    ensure!(status.success(), "engine exited with {status}:\n{tail}");
+
+    let (exactly_once, report) = verify(&config, &[journal])?;
+    ensure!(exactly_once, "verify failed:\n{report}");
+    ensure!(report.contains("exactly once: yes"), "{report}");
+    Ok(())
+}
