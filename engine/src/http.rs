@@ -102,3 +102,73 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Sends `GET path` over a plain socket and returns the status code and body.
+    fn get(address: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(address).expect("server listens");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("status line");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[test]
+    fn endpoints_report_readiness_liveness_and_committed_metrics() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let metrics = Metrics::new();
+        let health = Health::new();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = router(metrics.clone(), health.clone());
+        runtime.spawn(async move { axum::serve(listener, app).await });
+
+        assert_eq!(get(address, "/healthz").0, 200);
+        let (status, body) = get(address, "/readyz");
+        assert_eq!(status, 503, "not ready before the first assignment: {body}");
+        health.set_ready(true);
+        assert_eq!(get(address, "/readyz").0, 200);
+
+        metrics
+            .events_in
+            .with_label_values(&["payments", "payments-in"])
+            .inc_by(7);
+        let (status, body) = get(address, "/metrics");
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(
+                r#"breadcrumb_events_in_total{pipeline="payments",topic="payments-in"} 7"#
+            ),
+            "{body}"
+        );
+        assert!(body.contains("# TYPE breadcrumb_commit_duration_seconds histogram"));
+
+        health.set_dead();
+        assert_eq!(get(address, "/healthz").0, 503);
+        assert_eq!(get(address, "/readyz").0, 503);
+        assert_eq!(get(address, "/nowhere").0, 404);
+    }
+}
