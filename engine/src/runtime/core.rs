@@ -100,6 +100,8 @@ pub struct Core {
     /// An error raised inside a rebalance callback, for the loop to act on.
     pub fatal: Option<EngineError>,
     commit_interval: Duration,
+    /// When operators last saw processing time.
+    last_tick: Instant,
 }
 
 pub struct CoreParts {
@@ -182,6 +184,7 @@ impl Core {
             metrics,
             health,
             fatal: None,
+            last_tick: Instant::now(),
         }
     }
 
@@ -369,6 +372,78 @@ impl Core {
         position.last_processed = offset;
         self.route_counts[route_index] += 1;
         self.transaction_records += 1;
+        Ok(())
+    }
+
+    /// Lets operators with a processing-time timeout act, about once per commit interval. A
+    /// partition holding nothing is skipped, so an idle engine opens no transaction.
+    pub fn tick(&mut self) -> Result<()> {
+        if !self
+            .pipelines
+            .iter()
+            .any(|pipeline| pipeline.processing_time)
+            || self.last_tick.elapsed() < self.commit_interval
+        {
+            return Ok(());
+        }
+        self.last_tick = Instant::now();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_millis() as i64)
+            .unwrap_or_default();
+        let due: Vec<(usize, i32)> = self
+            .tasks
+            .keys()
+            .filter(|(index, partition)| {
+                let chain = &self.pipelines[*index].chain;
+                self.pipelines[*index].processing_time
+                    && (0..chain.len())
+                        .any(|operator| chain.waiting(operator, *partition).events > 0)
+            })
+            .copied()
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.begin_if_needed()?;
+        for (index, partition) in due {
+            let Self {
+                pipelines,
+                tasks,
+                producer,
+                transaction_header,
+                pipeline_counts,
+                dead_letter_topic,
+                routes,
+                ..
+            } = self;
+            let pipeline = &mut pipelines[index];
+            let task = tasks.get_mut(&(index, partition)).expect("due task exists");
+            task.touched = true;
+            let add_source_headers = !routes
+                .iter()
+                .any(|route| route.internal && route.stage == Stage::Stateful { pipeline: index });
+            let mut publisher = Publisher {
+                producer,
+                transaction: transaction_header,
+                port_topics: &pipeline.port_topics,
+                last_operator: pipeline.chain.len() - 1,
+                dead_letter_topic,
+                pipeline: &pipeline.name,
+                add_source_headers,
+                counts: &mut pipeline_counts[index],
+                error: None,
+            };
+            pipeline.chain.on_processing_time(
+                &mut task.stores,
+                now_ms,
+                pipeline.decoder.as_ref(),
+                &mut publisher,
+            )?;
+            if let Some(error) = publisher.error {
+                return Err(error.into());
+            }
+        }
         Ok(())
     }
 

@@ -288,6 +288,15 @@ fn process_until_shutdown(
             }
             None => {}
         }
+        if let Err(error) = core.tick() {
+            match error {
+                EngineError::Kafka(kafka) => {
+                    tracing::warn!(error = %kafka, "Send failed; aborting the transaction.");
+                    core.abort(consumer, &[])?;
+                }
+                other => return Err(other),
+            }
+        }
         core.maybe_commit(consumer)?;
     }
     Ok(())

@@ -81,6 +81,8 @@ pub struct Pipeline {
     pub repartition: Option<(RepartitionKey, String)>,
     /// The topic whose partitions own this pipeline's state.
     pub state_topic: String,
+    /// Whether an operator of the chain has a processing-time timeout configured.
+    pub processing_time: bool,
     pub metrics: PipelineMetrics,
 }
 
@@ -91,6 +93,11 @@ pub fn port_index(port: Port) -> usize {
 /// The operators of a pipeline, in chain order.
 fn build_operators(name: &str, pipeline: &PipelineConfig) -> Vec<Box<dyn Operator>> {
     vec![Box::new(Dedupe::new(name, pipeline.dedupe.clone()))]
+}
+
+/// Whether the pipeline's chain needs processing-time ticks.
+fn uses_processing_time(_pipeline: &PipelineConfig) -> bool {
+    false
 }
 
 /// Counters for what each operator of the chain emits, by port.
@@ -203,6 +210,7 @@ pub fn compile(
             ],
             repartition,
             state_topic,
+            processing_time: uses_processing_time(pipeline_config),
         });
     }
     Ok((pipelines, routes))
