@@ -53,16 +53,17 @@ fi
 
 promtool=$(command -v promtool || true)
 if [ -z "$promtool" ]; then
-  cache="${XDG_CACHE_HOME:-$HOME/.cache}/breadcrumb/prometheus"
-  promtool="$cache/usr/bin/promtool"
+  cache="${XDG_CACHE_HOME:-$HOME/.cache}/breadcrumb"
+  promtool="$cache/promtool"
   if [ ! -x "$promtool" ]; then
     echo "Extracting promtool from Debian's prometheus package into $cache"
     if ! (cd "$work" && apt-get download -qq prometheus 2>/dev/null); then
       apt_update
       (cd "$work" && apt-get download -qq prometheus)
     fi
+    dpkg-deb -x "$work"/prometheus_*.deb "$work/prometheus"
     mkdir -p "$cache"
-    dpkg-deb -x "$work"/prometheus_*.deb "$cache"
+    install -m 0755 "$work/prometheus/usr/bin/promtool" "$promtool"
   fi
 fi
 
