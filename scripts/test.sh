@@ -15,3 +15,5 @@ fi
 # Benchmarks are measured, not asserted (`cargo bench`): here they only have to build, in the
 # test profile so RocksDB's C++ is not compiled a second time for the release profile.
 cargo build --workspace --benches
+# The deployment under docker/: compose file, Prometheus config, dashboard (no Docker engine needed).
+scripts/validate-docker.sh
