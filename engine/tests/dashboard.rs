@@ -17,13 +17,6 @@ use serde_json::Value;
 /// its operator registers it in `Metrics`: `pending_metrics_are_not_registered_yet` fails until
 /// the name is gone from this list, so the list cannot go stale.
 const PENDING: &[&str] = &[
-    // Sequence ordering.
-    "breadcrumb_ordering_gaps_total",
-    "breadcrumb_ordering_late_total",
-    "breadcrumb_ordering_repeats_total",
-    "breadcrumb_ordering_waiting_events",
-    "breadcrumb_ordering_waiting_bytes",
-    "breadcrumb_ordering_buffer_seconds",
     // Tail sampling.
     "breadcrumb_sampling_decisions_total",
 ];
