@@ -21,5 +21,5 @@ pub use decode::{
 };
 pub use envelope::{AttributeValue, Envelope, RawRecord};
 pub use error::{DecodeError, DecodeErrorClass};
-pub use stored::{StoredRecord, StoredRecordError, STORED_RECORD_VERSION};
+pub use stored::{StoredRecord, StoredRecordError, StoredRecordView, STORED_RECORD_VERSION};
 pub use trace::TraceContext;

@@ -151,6 +151,85 @@ impl StoredRecord {
     }
 }
 
+/// A record of the current format read in place: every field borrows the encoded bytes, so
+/// emitting a held record costs no allocation. Records of older formats go through
+/// [`StoredRecord::decode`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoredRecordView<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    header_count: u32,
+    /// The encoded headers, validated by [`StoredRecordView::parse`].
+    header_bytes: &'a [u8],
+}
+
+impl<'a> StoredRecordView<'a> {
+    /// Reads `bytes` (current format only) and checks the headers are well formed.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, StoredRecordError> {
+        let mut reader = Reader { bytes };
+        match reader.u8()? {
+            STORED_RECORD_VERSION => {}
+            version => return Err(StoredRecordError::UnknownVersion(version)),
+        }
+        let partition = i32::from_be_bytes(reader.array()?);
+        let offset = i64::from_be_bytes(reader.array()?);
+        let timestamp_ms = match reader.u8()? {
+            0 => None,
+            _ => Some(i64::from_be_bytes(reader.array()?)),
+        };
+        let topic = reader.str()?;
+        let key = reader.bytes()?;
+        let value = reader.bytes()?;
+        let header_count = u32::from_be_bytes(reader.array()?);
+        let header_bytes = reader.bytes;
+        for _ in 0..header_count {
+            reader.str()?;
+            reader.bytes()?;
+        }
+        Ok(Self {
+            topic,
+            partition,
+            offset,
+            timestamp_ms,
+            key,
+            value,
+            header_count,
+            header_bytes,
+        })
+    }
+
+    /// The headers in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> {
+        let mut reader = Reader {
+            bytes: self.header_bytes,
+        };
+        (0..self.header_count).map(move |_| {
+            // Validated by `parse`.
+            let name = reader.str().expect("header name checked by parse");
+            let value = reader.bytes().expect("header value checked by parse");
+            (name, value)
+        })
+    }
+
+    /// A [`crate::RawRecord`] over this view; `headers` holds the header references (collect
+    /// [`StoredRecordView::headers`] into it, e.g. a `SmallVec` on the stack).
+    pub fn as_raw(&self, headers: &'a [(&'a str, Option<&'a [u8]>)]) -> crate::RawRecord<'a> {
+        crate::RawRecord {
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key,
+            value: self.value,
+            headers,
+        }
+    }
+}
+
 fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     match bytes {
         Some(bytes) => {
@@ -192,10 +271,12 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String, StoredRecordError> {
+        self.str().map(str::to_owned)
+    }
+
+    fn str(&mut self) -> Result<&'a str, StoredRecordError> {
         let bytes = self.bytes()?.ok_or(StoredRecordError::Truncated)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| StoredRecordError::InvalidUtf8)
+        std::str::from_utf8(bytes).map_err(|_| StoredRecordError::InvalidUtf8)
     }
 }
 
@@ -260,10 +341,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn stored_record_view_reads_in_place_what_decode_reads() {
+        let (_, record) = sample();
+        let mut bytes = Vec::new();
+        StoredRecord::encode(&record, &mut bytes);
+        let view = StoredRecordView::parse(&bytes).unwrap();
+        let headers: Vec<_> = view.headers().collect();
+        let raw = view.as_raw(&headers);
+        assert_eq!(raw.topic, "payments");
+        assert_eq!((raw.partition, raw.offset), (3, 42));
+        assert_eq!(raw.timestamp_ms, Some(1_700_000_000_000));
+        assert_eq!(raw.key, Some(&b"account-7"[..]));
+        assert_eq!(raw.value, None);
+        assert_eq!(raw.headers, record.headers);
+        for cut in 0..bytes.len() {
+            assert!(StoredRecordView::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        bytes[0] = 9;
+        assert_eq!(
+            StoredRecordView::parse(&bytes).unwrap_err(),
+            StoredRecordError::UnknownVersion(9)
+        );
+    }
+
     proptest! {
         #[test]
         fn stored_record_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = StoredRecord::decode(&bytes);
+            if let Ok(view) = StoredRecordView::parse(&bytes) {
+                let _ = view.headers().count();
+            }
         }
     }
 }

@@ -258,9 +258,54 @@ impl PartitionStore {
         Ok(())
     }
 
+    /// Visits the committed entries of this partition whose key starts with `prefix` (not the
+    /// overlay), in key order: for loading a bounded subset of a store, such as held records,
+    /// without walking every key.
+    pub fn for_each_committed_with_prefix(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], StoredValue<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let inner = &self.backend.inner;
+        let mut start = self.prefix.to_vec();
+        start.extend_from_slice(prefix);
+        let mut read_options = ReadOptions::default();
+        read_options.fill_cache(false);
+        if let Some(upper) = prefix_successor(&start) {
+            read_options.set_iterate_upper_bound(upper);
+        }
+        let iterator = inner.db.iterator_cf_opt(
+            inner.main_cf(self.store),
+            read_options,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let store_name = self.backend.store_name(self.store);
+        for item in iterator {
+            let (key, value) = item?;
+            if !key.starts_with(&start) {
+                break;
+            }
+            visit(&key[4..], StoredValue::decode(&value, store_name)?)?;
+        }
+        Ok(())
+    }
+
     fn fill_key_buffer(&mut self, key: &[u8]) {
         self.key_buffer.clear();
         self.key_buffer.extend_from_slice(&self.prefix);
         self.key_buffer.extend_from_slice(key);
     }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` when there is none
+/// (the prefix is all `0xff`).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last != u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
 }

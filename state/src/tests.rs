@@ -210,3 +210,42 @@ fn restore_writer_applies_changelog_and_survives_reopen() {
     // The restored entry is in the expiry index too.
     assert_eq!(store.expire_due(1_000, 41, 10).unwrap(), 1);
 }
+
+#[test]
+fn prefix_scan_visits_only_committed_keys_of_the_prefix_and_partition() {
+    let dir = TempDir::new().unwrap();
+    let backend = open(&dir);
+    let id = backend.store_id("dedupe").unwrap();
+    // Partition 0x00ff and 0x0100 are adjacent in key order: the bound must not spill over.
+    let mut store = backend.partition_store(id, 0xff);
+    let mut next = backend.partition_store(id, 0x100);
+    for key in [&b"h:a"[..], b"w:a", b"w:b", b"w\xff\xff", b"x"] {
+        store.put(key, NO_EXPIRY, key, 0);
+        next.put(key, NO_EXPIRY, key, 0);
+    }
+    let mut batch = backend.commit_batch();
+    store.commit_into(&mut batch);
+    next.commit_into(&mut batch);
+    batch.write().unwrap();
+    store.put(b"w:c", NO_EXPIRY, b"uncommitted", 1);
+
+    let scan = |store: &crate::PartitionStore, prefix: &[u8]| {
+        let mut keys = Vec::new();
+        store
+            .for_each_committed_with_prefix(prefix, |key, value| {
+                assert_eq!(key, value.payload);
+                keys.push(key.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        keys
+    };
+    assert_eq!(
+        scan(&store, b"w"),
+        vec![b"w:a".to_vec(), b"w:b".to_vec(), b"w\xff\xff".to_vec()]
+    );
+    assert_eq!(scan(&store, b"w\xff"), vec![b"w\xff\xff".to_vec()]);
+    assert_eq!(scan(&store, b"h"), vec![b"h:a".to_vec()]);
+    assert!(scan(&store, b"z").is_empty());
+    assert_eq!(scan(&store, b"").len(), 5);
+}
