@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use breadcrumb_operators::dedupe::DedupeConfig;
+use breadcrumb_operators::ordering::OrderingConfig;
 use breadcrumb_schemas::DecoderConfig;
 use serde::{Deserialize, Serialize};
 
@@ -252,9 +253,38 @@ pub struct PipelineConfig {
     /// The dedupe operator.
     #[serde(default)]
     pub dedupe: DedupeConfig,
+    /// The ordering operator, run after dedupe in the same transaction; absent: no ordering.
+    #[serde(default)]
+    pub ordering: Option<OrderingConfig>,
+    /// Where ordering sends events that arrive after their gap was given up; defaults to
+    /// `<output_topic>-late`. Only with `ordering`.
+    #[serde(default)]
+    pub late_topic: Option<String>,
+    /// Where ordering sends gap records; defaults to `<output_topic>-gaps`. Only with
+    /// `ordering`.
+    #[serde(default)]
+    pub gaps_topic: Option<String>,
 }
 
 impl PipelineConfig {
+    /// The late topic, when the pipeline orders.
+    pub fn late_topic(&self) -> Option<String> {
+        self.ordering.as_ref().map(|_| {
+            self.late_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}-late", self.output_topic))
+        })
+    }
+
+    /// The gaps topic, when the pipeline orders.
+    pub fn gaps_topic(&self) -> Option<String> {
+        self.ordering.as_ref().map(|_| {
+            self.gaps_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}-gaps", self.output_topic))
+        })
+    }
+
     pub fn conflicts_topic(&self) -> String {
         self.conflicts_topic
             .clone()
@@ -399,6 +429,23 @@ impl EngineConfig {
             }
             errors.extend(pipeline.decoder.validate(&format!("{prefix}.decoder")));
             errors.extend(pipeline.dedupe.validate(&format!("{prefix}.dedupe")));
+            match &pipeline.ordering {
+                Some(ordering) => {
+                    errors.extend(ordering.validate(&format!("{prefix}.ordering")));
+                }
+                None => {
+                    for (key, set) in [
+                        ("late_topic", pipeline.late_topic.is_some()),
+                        ("gaps_topic", pipeline.gaps_topic.is_some()),
+                    ] {
+                        if set {
+                            errors.push(format!(
+                                "{prefix}.{key}: only used with `{prefix}.ordering`, which is not configured"
+                            ));
+                        }
+                    }
+                }
+            }
         }
         errors
     }

@@ -27,6 +27,10 @@ pub struct DemoOptions {
     pub duplicate_percent: f64,
     pub conflict_percent: f64,
     pub poison_percent: f64,
+    /// Percentage of accounts whose payments arrive shuffled.
+    pub shuffled_accounts_percent: f64,
+    /// Percentage of payments whose account skips a sequence number before them.
+    pub sequence_gap_percent: f64,
     /// Show progress bars (off when not on a terminal).
     pub progress: bool,
 }
@@ -38,6 +42,8 @@ impl Default for DemoOptions {
             duplicate_percent: 8.0,
             conflict_percent: 0.5,
             poison_percent: 0.4,
+            shuffled_accounts_percent: 10.0,
+            sequence_gap_percent: 0.05,
             progress: true,
         }
     }
@@ -51,6 +57,18 @@ pub struct DemoSummary {
     pub events_out: u64,
     pub duplicates: u64,
     pub conflicts: u64,
+    /// Events the ordering operator held until their predecessors arrived.
+    pub reordered: u64,
+    /// Gap records: sequences given up on.
+    pub gaps: u64,
+    /// Events that arrived after their gap was given up.
+    pub late: u64,
+    /// Repeats of a sequence already emitted (after dedupe, so copies with another id).
+    pub repeats: u64,
+    /// Events still held at shutdown (in state, released when the gap closes).
+    pub waiting: u64,
+    /// Accounts whose output sequence numbers ever went down.
+    pub accounts_out_of_order: u64,
     pub dead_letters: Vec<(String, u64)>,
     pub transactions_committed: u64,
     pub transactions_aborted: u64,
@@ -65,17 +83,25 @@ impl DemoSummary {
         self.dead_letters.iter().map(|(_, count)| count).sum()
     }
 
-    /// `in = out + duplicates + conflicts + dead letters`.
+    /// `in = out + duplicates + conflicts + late + repeats + dead letters + waiting`.
     pub fn conserved(&self) -> bool {
         self.events_in
-            == self.events_out + self.duplicates + self.conflicts + self.dead_letters_total()
+            == self.events_out
+                + self.duplicates
+                + self.conflicts
+                + self.late
+                + self.repeats
+                + self.dead_letters_total()
+                + self.waiting
     }
 
     /// The summary a newcomer reads.
     pub fn render(&self) -> String {
         let mut text = String::new();
         let seconds = self.elapsed_ms as f64 / 1000.0;
-        text.push_str("\nbreadcrumb demo: exactly-once dedupe of a payments stream\n\n");
+        text.push_str(
+            "\nbreadcrumb demo: exactly-once dedupe and per-account ordering of a payments stream\n\n",
+        );
         text.push_str(&format!(
             "  produced          {:>8}  ({} new, {} producer retries, {} conflicting reuses of an id, {} poison)\n",
             self.produced.total(),
@@ -85,12 +111,28 @@ impl DemoSummary {
             self.produced.poison
         ));
         text.push_str(&format!(
+            "                              ({} payments arrive after a later payment of their account; {} sequence numbers never sent)\n",
+            self.produced.reordered, self.produced.sequence_gaps
+        ));
+        text.push_str(&format!(
             "  in                {:>8}  records read from `payments`\n",
             self.events_in
         ));
         text.push_str(&format!(
-            "  out               {:>8}  first copies republished to `payments-deduped`\n",
+            "  out               {:>8}  first copies, in sequence order per account, republished to `payments-deduped`\n",
             self.events_out
+        ));
+        text.push_str(&format!(
+            "  reordered         {:>8}  held in state until the payment before them arrived, then released in order\n",
+            self.reordered
+        ));
+        text.push_str(&format!(
+            "  gaps              {:>8}  missing sequence numbers given up on, reported to `payments-deduped-gaps`\n",
+            self.gaps
+        ));
+        text.push_str(&format!(
+            "  late              {:>8}  arrived after their gap was reported, sent to `payments-deduped-late`\n",
+            self.late
         ));
         text.push_str(&format!("  duplicates        {:>8}  retries of an event already seen, sent to `payments-duplicates`\n", self.duplicates));
         text.push_str(&format!("  conflicts         {:>8}  same id, different payload, sent to `payments-deduped-conflicts`\n", self.conflicts));
@@ -106,12 +148,15 @@ impl DemoSummary {
         }
         text.push('\n');
         text.push_str(&format!(
-            "\n  conservation      in = out + duplicates + conflicts + dead letters\n                    {} = {} + {} + {} + {}   {}\n",
+            "\n  conservation      in = out + duplicates + conflicts + late + repeats + dead letters + waiting\n                    {} = {} + {} + {} + {} + {} + {} + {}   {}\n",
             self.events_in,
             self.events_out,
             self.duplicates,
             self.conflicts,
+            self.late,
+            self.repeats,
             self.dead_letters_total(),
+            self.waiting,
             if self.conserved() { "holds" } else { "DOES NOT HOLD" }
         ));
         text.push_str(&format!(
@@ -122,6 +167,14 @@ impl DemoSummary {
                 "every distinct input id exactly once"
             } else {
                 "MISMATCH (see above)"
+            }
+        ));
+        text.push_str(&format!(
+            "  order check       {}\n",
+            if self.accounts_out_of_order == 0 {
+                "every account's payments leave in increasing sequence order".to_owned()
+            } else {
+                format!("{} accounts OUT OF ORDER", self.accounts_out_of_order)
             }
         ));
         text.push_str(&format!(
@@ -161,6 +214,14 @@ format = "cloudevents"
 
 [pipelines.{PIPELINE}.dedupe]
 ttl_ms = 604800000
+
+[pipelines.{PIPELINE}.ordering]
+key_fields = ["subject"]
+first_sequence = 1
+# Event time: a missing payment is given up once the partition's stream time is 30 s past.
+gap_timeout_ms = 30000
+# Processing time: and after 1 s of waiting, so the tail of the stream does not wait forever.
+gap_timeout_processing_ms = 1000
 "#,
         state_dir = state_dir.display()
     );
@@ -199,6 +260,8 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         duplicate_percent: options.duplicate_percent,
         conflict_percent: options.conflict_percent,
         poison_percent: options.poison_percent,
+        shuffled_accounts_percent: options.shuffled_accounts_percent,
+        sequence_gap_percent: options.sequence_gap_percent,
         ..WorkloadSpec::default()
     };
     let produce_bar = bar(options.progress, options.records, "producing");
@@ -230,6 +293,13 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     }
     process_bar.set_position(events_in.get());
     process_bar.finish();
+    // Payments held behind a gap at the end of the stream are released by the processing-time
+    // timeout: wait for the ordering operator to let them go.
+    let waiting = metrics.ordering_waiting_events.with_label_values(&[PIPELINE]);
+    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    while waiting.get() > 0 && Instant::now() < drain_deadline && !engine.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     shutdown.store(true, Ordering::Release);
     let engine_result = engine
         .join()
@@ -243,20 +313,33 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     )?;
     let mut ids = std::collections::HashSet::new();
     let mut parsed = 0u64;
+    let mut last_sequence: std::collections::HashMap<String, u64> = Default::default();
+    let mut out_of_order = std::collections::HashSet::new();
     for message in &output {
         use rdkafka::message::Message;
-        if let Some(id) = message
+        let Some(event) = message
             .payload()
             .and_then(|value| serde_json::from_slice::<serde_json::Value>(value).ok())
-            .and_then(|value| {
-                value
-                    .get("id")
-                    .and_then(|id| id.as_str())
-                    .map(str::to_owned)
-            })
-        {
+        else {
+            continue;
+        };
+        if let Some(id) = event.get("id").and_then(|id| id.as_str()) {
             parsed += 1;
-            ids.insert(id);
+            ids.insert(id.to_owned());
+        }
+        let subject = event.get("subject").and_then(|subject| subject.as_str());
+        let sequence = event
+            .get("sequence")
+            .and_then(|sequence| sequence.as_str())
+            .and_then(|sequence| sequence.parse::<u64>().ok());
+        if let (Some(subject), Some(sequence)) = (subject, sequence) {
+            // One account's payments share a Kafka key, so one output partition: read order is
+            // output order.
+            if let Some(previous) = last_sequence.insert(subject.to_owned(), sequence) {
+                if sequence <= previous {
+                    out_of_order.insert(subject.to_owned());
+                }
+            }
         }
     }
     let dead_letters = DEAD_LETTER_REASONS
@@ -280,6 +363,15 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
             .get(),
         duplicates: metrics.duplicates.with_label_values(&[PIPELINE]).get(),
         conflicts: metrics.conflicts.with_label_values(&[PIPELINE]).get(),
+        reordered: metrics
+            .ordering_reorder_depth
+            .with_label_values(&[PIPELINE])
+            .get_sample_count(),
+        gaps: metrics.ordering_gaps.with_label_values(&[PIPELINE]).get(),
+        late: metrics.ordering_late.with_label_values(&[PIPELINE]).get(),
+        repeats: metrics.ordering_repeats.with_label_values(&[PIPELINE]).get(),
+        waiting: waiting.get().max(0) as u64,
+        accounts_out_of_order: out_of_order.len() as u64,
         dead_letters,
         transactions_committed: metrics.transactions.with_label_values(&["committed"]).get(),
         transactions_aborted: metrics.transactions.with_label_values(&["aborted"]).get(),

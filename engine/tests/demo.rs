@@ -10,6 +10,8 @@ fn demo_conserves_records_and_publishes_every_id_once() {
         duplicate_percent: 10.0,
         conflict_percent: 1.0,
         poison_percent: 1.0,
+        shuffled_accounts_percent: 20.0,
+        sequence_gap_percent: 0.5,
         progress: false,
     })
     .expect("demo runs");
@@ -18,6 +20,17 @@ fn demo_conserves_records_and_publishes_every_id_once() {
     assert_eq!(summary.duplicates, summary.produced.duplicates);
     assert_eq!(summary.conflicts, summary.produced.conflicts);
     assert_eq!(summary.dead_letters_total(), summary.produced.poison);
+    // Ordering: every shuffled payment was held and released in order; every skipped sequence
+    // number was reported as a gap, and nothing was late or left waiting.
+    assert!(summary.produced.reordered > 0 && summary.produced.sequence_gaps > 0);
+    assert!(
+        summary.reordered >= summary.produced.reordered,
+        "{}",
+        summary.render()
+    );
+    assert_eq!(summary.gaps, summary.produced.sequence_gaps, "{}", summary.render());
+    assert_eq!((summary.late, summary.repeats, summary.waiting), (0, 0, 0));
+    assert_eq!(summary.accounts_out_of_order, 0, "{}", summary.render());
     assert!(summary.conserved(), "{}", summary.render());
     assert!(summary.output_exactly_once, "{}", summary.render());
     assert!(summary.render().contains("holds"));

@@ -53,6 +53,12 @@ enum Command {
         /// Percentage of poison records.
         #[arg(long, default_value_t = 0.4)]
         poison_percent: f64,
+        /// Percentage of accounts whose payments arrive shuffled.
+        #[arg(long, default_value_t = 10.0)]
+        shuffled_accounts_percent: f64,
+        /// Percentage of payments whose account skips a sequence number before them.
+        #[arg(long, default_value_t = 0.05)]
+        sequence_gap_percent: f64,
     },
     /// Produce a synthetic payments workload (CloudEvents, structured mode) to a broker.
     Generate {
@@ -158,6 +164,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duplicate_percent,
             conflict_percent,
             poison_percent,
+            shuffled_accounts_percent,
+            sequence_gap_percent,
         } => {
             init_logging(LogFormat::Text, "warn");
             println!("Starting an embedded Kafka broker and the breadcrumb pipeline...");
@@ -166,6 +174,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 duplicate_percent,
                 conflict_percent,
                 poison_percent,
+                shuffled_accounts_percent,
+                sequence_gap_percent,
                 progress: std::io::stderr().is_terminal(),
             })?;
             println!("{}", summary.render());

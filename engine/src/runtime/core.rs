@@ -632,6 +632,7 @@ impl Core {
                 }
             }
         }
+        self.publish_waiting();
         self.metrics
             .transactions
             .with_label_values(&["committed"])
@@ -644,6 +645,25 @@ impl Core {
             .observe(started.elapsed().as_secs_f64());
         self.transaction_open = false;
         Ok(())
+    }
+
+    /// Sets the gauges of events held by ordering operators, as of the commit just made.
+    fn publish_waiting(&self) {
+        for (index, pipeline) in self.pipelines.iter().enumerate() {
+            let Some((position, events, bytes)) = &pipeline.metrics.waiting else {
+                continue;
+            };
+            let (mut held_events, mut held_bytes) = (0, 0);
+            for (task_pipeline, partition) in self.tasks.keys() {
+                if *task_pipeline == index {
+                    let waiting = pipeline.chain.waiting(*position, *partition);
+                    held_events += waiting.events;
+                    held_bytes += waiting.bytes;
+                }
+            }
+            events.set(held_events as i64);
+            bytes.set(held_bytes as i64);
+        }
     }
 
     /// Handles a failed transactional call: abortable errors abort and rewind; anything else is

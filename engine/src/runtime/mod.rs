@@ -124,6 +124,12 @@ pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
             add(topic.clone(), false, false);
         }
         add(pipeline.conflicts_topic(), false, false);
+        for topic in [pipeline.late_topic(), pipeline.gaps_topic()]
+            .into_iter()
+            .flatten()
+        {
+            add(topic, false, false);
+        }
         if pipeline.repartition_by.is_some() {
             add(config.repartition_topic(name), false, true);
         }

@@ -2,10 +2,11 @@
 //! their state stores, output topics and pre-resolved metric handles.
 
 use breadcrumb_operators::dedupe::Dedupe;
+use breadcrumb_operators::ordering::{Ordering, OrderingMetrics};
 use breadcrumb_operators::{Operator, Port};
 use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, Envelope};
 use breadcrumb_state::{StateBackend, StoreId};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 
 use super::chain::OperatorChain;
 use crate::config::{EngineConfig, PipelineConfig, RepartitionKey};
@@ -66,6 +67,9 @@ pub struct PipelineMetrics {
     /// the last operator goes to `events_out`).
     pub ports: Vec<[Option<IntCounter>; Port::ALL.len()]>,
     pub dead_letters: Vec<IntCounter>,
+    /// Events and bytes held by the ordering operator, when the chain has one: its position
+    /// and the gauges.
+    pub waiting: Option<(usize, IntGauge, IntGauge)>,
 }
 
 /// A compiled pipeline.
@@ -90,32 +94,79 @@ pub fn port_index(port: Port) -> usize {
     port.index()
 }
 
-/// The operators of a pipeline, in chain order.
-fn build_operators(name: &str, pipeline: &PipelineConfig) -> Vec<Box<dyn Operator>> {
-    vec![Box::new(Dedupe::new(name, pipeline.dedupe.clone()))]
+/// The operators a pipeline chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OperatorKind {
+    Dedupe,
+    Ordering,
 }
 
-/// Whether the pipeline's chain needs processing-time ticks.
-fn uses_processing_time(_pipeline: &PipelineConfig) -> bool {
-    false
+/// The operators of a pipeline, in chain order. `metrics` is absent when only the declared
+/// stores are wanted.
+fn build_operators(
+    name: &str,
+    pipeline: &PipelineConfig,
+    metrics: Option<&Metrics>,
+) -> Vec<(OperatorKind, Box<dyn Operator>)> {
+    let mut operators: Vec<(OperatorKind, Box<dyn Operator>)> = vec![(
+        OperatorKind::Dedupe,
+        Box::new(Dedupe::new(name, pipeline.dedupe.clone())),
+    )];
+    if let Some(ordering) = &pipeline.ordering {
+        let ordering_metrics = match metrics {
+            Some(metrics) => OrderingMetrics {
+                reorder_depth: metrics.ordering_reorder_depth.with_label_values(&[name]),
+                time_in_buffer_seconds: metrics
+                    .ordering_buffer_seconds
+                    .with_label_values(&[name]),
+            },
+            None => OrderingMetrics::unregistered(),
+        };
+        operators.push((
+            OperatorKind::Ordering,
+            Box::new(Ordering::new(name, ordering.clone(), ordering_metrics)),
+        ));
+    }
+    operators
 }
 
 /// Counters for what each operator of the chain emits, by port.
 fn port_counters(
     name: &str,
-    operators: &[Box<dyn Operator>],
+    operators: &[(OperatorKind, Box<dyn Operator>)],
     metrics: &Metrics,
 ) -> Vec<[Option<IntCounter>; Port::ALL.len()]> {
     operators
         .iter()
-        .map(|_operator| {
+        .map(|(kind, _)| {
             let mut counters: [Option<IntCounter>; Port::ALL.len()] = Default::default();
-            counters[Port::Duplicates.index()] =
-                Some(metrics.duplicates.with_label_values(&[name]));
-            counters[Port::Conflicts.index()] = Some(metrics.conflicts.with_label_values(&[name]));
+            match kind {
+                OperatorKind::Dedupe => {
+                    counters[Port::Duplicates.index()] =
+                        Some(metrics.duplicates.with_label_values(&[name]));
+                    counters[Port::Conflicts.index()] =
+                        Some(metrics.conflicts.with_label_values(&[name]));
+                }
+                OperatorKind::Ordering => {
+                    counters[Port::Duplicates.index()] =
+                        Some(metrics.ordering_repeats.with_label_values(&[name]));
+                    counters[Port::Late.index()] =
+                        Some(metrics.ordering_late.with_label_values(&[name]));
+                    counters[Port::Gaps.index()] =
+                        Some(metrics.ordering_gaps.with_label_values(&[name]));
+                }
+            }
             counters
         })
         .collect()
+}
+
+/// Whether the pipeline's chain needs processing-time ticks.
+fn uses_processing_time(pipeline: &PipelineConfig) -> bool {
+    pipeline
+        .ordering
+        .as_ref()
+        .is_some_and(|ordering| ordering.gap_timeout_processing_ms.is_some())
 }
 
 /// The store names every pipeline declares, for opening RocksDB before the pipelines exist.
@@ -129,9 +180,9 @@ pub fn declared_store_names(config: &EngineConfig) -> Vec<String> {
 
 /// The store names one pipeline declares.
 pub fn declared_store_names_of(name: &str, pipeline: &PipelineConfig) -> Vec<String> {
-    build_operators(name, pipeline)
+    build_operators(name, pipeline, None)
         .iter()
-        .flat_map(|operator| operator.stores())
+        .flat_map(|(_, operator)| operator.stores())
         .map(|store| store.name)
         .collect()
 }
@@ -145,10 +196,20 @@ pub fn compile(
     let mut pipelines = Vec::new();
     let mut routes = Vec::new();
     for (index, (name, pipeline_config)) in config.pipelines.iter().enumerate() {
-        let operators = build_operators(name, pipeline_config);
+        let operators = build_operators(name, pipeline_config, Some(metrics));
         let ports = port_counters(name, &operators, metrics);
+        let waiting = operators
+            .iter()
+            .position(|(kind, _)| *kind == OperatorKind::Ordering)
+            .map(|position| {
+                (
+                    position,
+                    metrics.ordering_waiting_events.with_label_values(&[name]),
+                    metrics.ordering_waiting_bytes.with_label_values(&[name]),
+                )
+            });
         let mut stores = Vec::new();
-        for declaration in operators.iter().flat_map(|operator| operator.stores()) {
+        for declaration in operators.iter().flat_map(|(_, operator)| operator.stores()) {
             stores.push((
                 backend.store_id(&declaration.name)?,
                 config.changelog_topic(&declaration.name),
@@ -187,11 +248,12 @@ pub fn compile(
         pipelines.push(Pipeline {
             name: name.clone(),
             decoder: build_decoder(&pipeline_config.decoder),
-            chain: OperatorChain::new(operators),
+            chain: OperatorChain::new(operators.into_iter().map(|(_, operator)| operator).collect()),
             stores,
             metrics: PipelineMetrics {
                 events_out: metrics.events_out.with_label_values(&[name, &output]),
                 ports,
+                waiting,
                 dead_letters: DEAD_LETTER_REASONS
                     .iter()
                     .map(|reason| {
@@ -205,8 +267,8 @@ pub fn compile(
                 Some(output),
                 pipeline_config.duplicates_topic.clone(),
                 Some(pipeline_config.conflicts_topic()),
-                None,
-                None,
+                pipeline_config.late_topic(),
+                pipeline_config.gaps_topic(),
             ],
             repartition,
             state_topic,

@@ -50,6 +50,9 @@ pub struct Scenario {
     pub dead_letter_topic: String,
     pub commit_interval_ms: u64,
     pub repartition_by: Option<&'static str>,
+    /// TOML appended to the pipeline's configuration (e.g. an `[pipelines.payments.ordering]`
+    /// table).
+    pub extra_toml: String,
 }
 
 impl Scenario {
@@ -64,6 +67,7 @@ impl Scenario {
             application_id,
             commit_interval_ms: 100,
             repartition_by: None,
+            extra_toml: String::new(),
         }
     }
 
@@ -105,7 +109,9 @@ duplicates_topic = "{duplicates}"
 {repartition}
 [pipelines.payments.decoder]
 format = "cloudevents"
+{extra}
 "#,
+            extra = self.extra_toml,
             app = self.application_id,
             commit = self.commit_interval_ms,
             dlq = self.dead_letter_topic,
