@@ -286,9 +286,15 @@ mod tests {
     use crate::RawRecord;
     use proptest::prelude::*;
 
-    fn sample() -> (Vec<(&'static str, Option<&'static [u8]>)>, RawRecord<'static>) {
-        let headers: Vec<(&'static str, Option<&'static [u8]>)> =
-            vec![("ce_id", Some(b"p-1")), ("empty", None), ("ce_id", Some(b""))];
+    fn sample() -> (
+        Vec<(&'static str, Option<&'static [u8]>)>,
+        RawRecord<'static>,
+    ) {
+        let headers: Vec<(&'static str, Option<&'static [u8]>)> = vec![
+            ("ce_id", Some(b"p-1")),
+            ("empty", None),
+            ("ce_id", Some(b"")),
+        ];
         let leaked: &'static [(&'static str, Option<&'static [u8]>)] =
             Box::leak(headers.clone().into_boxed_slice());
         let record = RawRecord {
@@ -350,7 +356,10 @@ mod tests {
         assert_eq!(raw.value, None);
         assert_eq!(raw.headers, record.headers);
         for cut in 0..bytes.len() {
-            assert!(StoredRecordView::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                StoredRecordView::parse(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         bytes[0] = 9;
         assert_eq!(
