@@ -356,7 +356,10 @@ mod tests {
         assert_eq!(raw.value, None);
         assert_eq!(raw.headers, record.headers);
         for cut in 0..bytes.len() {
-            assert!(StoredRecordView::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                StoredRecordView::parse(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         bytes[0] = 9;
         assert_eq!(
