@@ -18,7 +18,10 @@ use crate::verify;
 
 const PIPELINE: &str = "payments";
 const INPUT_TOPIC: &str = "payments";
-const INPUT_PARTITIONS: i32 = 4;
+/// The mock cluster keeps at most 5 MiB per partition and drops older records beyond that, so
+/// the demo spreads its 50K payments (about 22 MiB) over enough partitions to keep them all for
+/// the read-back check.
+const INPUT_PARTITIONS: i32 = 12;
 
 /// Options of the demo.
 #[derive(Debug, Clone)]
@@ -295,7 +298,9 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     process_bar.finish();
     // Payments held behind a gap at the end of the stream are released by the processing-time
     // timeout: wait for the ordering operator to let them go.
-    let waiting = metrics.ordering_waiting_events.with_label_values(&[PIPELINE]);
+    let waiting = metrics
+        .ordering_waiting_events
+        .with_label_values(&[PIPELINE]);
     let drain_deadline = Instant::now() + Duration::from_secs(30);
     while waiting.get() > 0 && Instant::now() < drain_deadline && !engine.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
@@ -369,7 +374,10 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
             .get_sample_count(),
         gaps: metrics.ordering_gaps.with_label_values(&[PIPELINE]).get(),
         late: metrics.ordering_late.with_label_values(&[PIPELINE]).get(),
-        repeats: metrics.ordering_repeats.with_label_values(&[PIPELINE]).get(),
+        repeats: metrics
+            .ordering_repeats
+            .with_label_values(&[PIPELINE])
+            .get(),
         waiting: waiting.get().max(0) as u64,
         accounts_out_of_order: out_of_order.len() as u64,
         dead_letters,

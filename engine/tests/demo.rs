@@ -28,7 +28,12 @@ fn demo_conserves_records_and_publishes_every_id_once() {
         "{}",
         summary.render()
     );
-    assert_eq!(summary.gaps, summary.produced.sequence_gaps, "{}", summary.render());
+    assert_eq!(
+        summary.gaps,
+        summary.produced.sequence_gaps,
+        "{}",
+        summary.render()
+    );
     assert_eq!((summary.late, summary.repeats, summary.waiting), (0, 0, 0));
     assert_eq!(summary.accounts_out_of_order, 0, "{}", summary.render());
     assert!(summary.conserved(), "{}", summary.render());

@@ -58,7 +58,10 @@ gap_timeout_processing_ms = 1000
         0,
         |_| {},
     )?;
-    ensure!(produced.reordered > 500 && produced.sequence_gaps > 20, "{produced:?}");
+    ensure!(
+        produced.reordered > 500 && produced.sequence_gaps > 20,
+        "{produced:?}"
+    );
 
     // What the input really lacks: per account, the numbers below its last one never sent.
     let mut sent: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
@@ -88,8 +91,7 @@ gap_timeout_processing_ms = 1000
         let target = 2_000 * (round as i64 + 1);
         loop {
             let committed: i64 = scenario.committed()?.values().sum();
-            if committed >= target || std::time::Instant::now() > deadline || !engine.is_running()
-            {
+            if committed >= target || std::time::Instant::now() > deadline || !engine.is_running() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -145,7 +147,8 @@ gap_timeout_processing_ms = 1000
     let gaps = consume_all(&scenario.bootstrap, &gaps_topic, 1, Duration::from_secs(30))?;
     let mut reported: BTreeSet<(String, u64)> = BTreeSet::new();
     for record in gaps.iter().filter(|record| is_committed(record)) {
-        let gap: serde_json::Value = serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+        let gap: serde_json::Value =
+            serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
         let account = gap["key"]["subject"]
             .as_str()
             .context("gap key names the subject")?
@@ -162,12 +165,24 @@ gap_timeout_processing_ms = 1000
     ensure!(
         reported == really_missing,
         "reported but not missing: {:?}\nmissing but not reported: {:?}",
-        reported.difference(&really_missing).take(10).collect::<Vec<_>>(),
-        really_missing.difference(&reported).take(10).collect::<Vec<_>>()
+        reported
+            .difference(&really_missing)
+            .take(10)
+            .collect::<Vec<_>>(),
+        really_missing
+            .difference(&reported)
+            .take(10)
+            .collect::<Vec<_>>()
     );
     let late_topic = format!("{}-late", scenario.output_topic);
     let late_records = consume_all(&scenario.bootstrap, &late_topic, 0, Duration::from_secs(5))?;
-    let late = late_records.iter().filter(|record| is_committed(record)).count();
-    ensure!(late == 0, "{late} events arrived after their gap was given up");
+    let late = late_records
+        .iter()
+        .filter(|record| is_committed(record))
+        .count();
+    ensure!(
+        late == 0,
+        "{late} events arrived after their gap was given up"
+    );
     Ok(())
 }

@@ -107,7 +107,12 @@ pub struct EndOfPartitionContext;
 
 impl ClientContext for EndOfPartitionContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::warn!(%error, reason, "Kafka client error.");
         }
     }

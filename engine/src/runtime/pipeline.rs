@@ -116,9 +116,7 @@ fn build_operators(
         let ordering_metrics = match metrics {
             Some(metrics) => OrderingMetrics {
                 reorder_depth: metrics.ordering_reorder_depth.with_label_values(&[name]),
-                time_in_buffer_seconds: metrics
-                    .ordering_buffer_seconds
-                    .with_label_values(&[name]),
+                time_in_buffer_seconds: metrics.ordering_buffer_seconds.with_label_values(&[name]),
             },
             None => OrderingMetrics::unregistered(),
         };
@@ -248,7 +246,12 @@ pub fn compile(
         pipelines.push(Pipeline {
             name: name.clone(),
             decoder: build_decoder(&pipeline_config.decoder),
-            chain: OperatorChain::new(operators.into_iter().map(|(_, operator)| operator).collect()),
+            chain: OperatorChain::new(
+                operators
+                    .into_iter()
+                    .map(|(_, operator)| operator)
+                    .collect(),
+            ),
             stores,
             metrics: PipelineMetrics {
                 events_out: metrics.events_out.with_label_values(&[name, &output]),
