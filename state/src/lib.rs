@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod error;
 pub mod format;
+mod overlay;
 pub mod restore;
 pub mod store;
 
