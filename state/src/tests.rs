@@ -210,3 +210,119 @@ fn restore_writer_applies_changelog_and_survives_reopen() {
     // The restored entry is in the expiry index too.
     assert_eq!(store.expire_due(1_000, 41, 10).unwrap(), 1);
 }
+
+mod overlay_model {
+    //! The overlay and its commit against a plain model: random puts, deletes (including keys
+    //! rewritten several times in one transaction), commits and discards on a small key space.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use tempfile::TempDir;
+
+    use super::{open, read};
+    use crate::NO_EXPIRY;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put { key: u8, expire: i64, payload: u8 },
+        Delete { key: u8 },
+        Commit,
+        Discard,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u8..24, prop_oneof![Just(NO_EXPIRY), -5i64..20], any::<u8>())
+                .prop_map(|(key, expire, payload)| Op::Put { key, expire, payload }),
+            2 => (0u8..24).prop_map(|key| Op::Delete { key }),
+            1 => Just(Op::Commit),
+            1 => Just(Op::Discard),
+        ]
+    }
+
+    /// Keys of varied lengths sharing prefixes, so key order differs from write order.
+    fn key(n: u8) -> Vec<u8> {
+        let mut key = vec![b'k'; usize::from(n % 5)];
+        key.push(n);
+        key
+    }
+
+    fn payload(n: u8) -> Vec<u8> {
+        vec![n; usize::from(n % 7)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn overlay_reads_and_commits_match_a_model(ops in proptest::collection::vec(op(), 1..120)) {
+            let dir = TempDir::new().unwrap();
+            let backend = open(&dir);
+            let id = backend.store_id("dedupe").unwrap();
+            let mut store = backend.partition_store(id, 1);
+            let mut committed: BTreeMap<Vec<u8>, (i64, Vec<u8>)> = BTreeMap::new();
+            let mut pending: BTreeMap<Vec<u8>, (Option<(i64, Vec<u8>)>, i64)> = BTreeMap::new();
+            for (offset, op) in ops.iter().enumerate() {
+                let offset = offset as i64;
+                match *op {
+                    Op::Put { key: n, expire, payload: p } => {
+                        store.put(&key(n), expire, &payload(p), offset);
+                        pending.insert(key(n), (Some((expire, payload(p))), offset));
+                    }
+                    Op::Delete { key: n } => {
+                        store.delete(&key(n), offset);
+                        pending.insert(key(n), (None, offset));
+                    }
+                    Op::Commit => {
+                        let mut batch = backend.commit_batch();
+                        store.commit_into(&mut batch);
+                        batch.write().unwrap();
+                        for (key, (value, _)) in std::mem::take(&mut pending) {
+                            match value {
+                                Some(value) => committed.insert(key, value),
+                                None => committed.remove(&key),
+                            };
+                        }
+                    }
+                    Op::Discard => {
+                        store.discard();
+                        pending.clear();
+                    }
+                }
+                let mut dirty: Vec<_> = store
+                    .dirty()
+                    .map(|entry| {
+                        let value = entry.value.map(|bytes| {
+                            let value = crate::StoredValue::decode(bytes, "").unwrap();
+                            (value.expire_at_ms, value.payload.to_vec())
+                        });
+                        (entry.key.to_vec(), (value, entry.input_offset))
+                    })
+                    .collect();
+                dirty.sort();
+                let expected: Vec<_> = pending.clone().into_iter().collect();
+                prop_assert_eq!(dirty, expected);
+                prop_assert_eq!(store.dirty_len(), pending.len());
+            }
+            for n in 0..24 {
+                let expected = match pending.get(&key(n)) {
+                    Some((value, _)) => value.clone(),
+                    None => committed.get(&key(n)).cloned(),
+                };
+                prop_assert_eq!(read(&mut store, &key(n)), expected);
+            }
+            store.discard();
+            let mut stored = BTreeMap::new();
+            store
+                .for_each_committed(|key, value| {
+                    stored.insert(key.to_vec(), (value.expire_at_ms, value.payload.to_vec()));
+                    Ok(())
+                })
+                .unwrap();
+            prop_assert_eq!(&stored, &committed);
+            // Every committed entry that expires is in the expiry index.
+            let due = committed.values().filter(|(expire, _)| *expire < 20).count();
+            prop_assert_eq!(store.expire_due(19, 0, usize::MAX).unwrap(), due);
+        }
+    }
+}
