@@ -239,8 +239,9 @@ impl Operator for Dedupe {
         let stream_time_ms = state.stream_time_ms;
         state.filter.advance(stream_time_ms);
         let digest = xxh3_64(record.value.unwrap_or_default());
+        let key_hash = state.filter.hash(&self.key);
 
-        if state.filter.may_contain(&self.key) {
+        if state.filter.may_contain_hash(key_hash) {
             if let Some(expire_at_ms) = store.get(&self.key, &mut self.payload)? {
                 if expire_at_ms > stream_time_ms {
                     let first = FirstSeen::decode(&self.payload, &self.name)?;
@@ -288,7 +289,7 @@ impl Operator for Dedupe {
             &self.payload,
             record.offset,
         );
-        state.filter.insert(&self.key, stream_time_ms);
+        state.filter.insert_hash(key_hash, stream_time_ms);
         let mut seen = itoa::Buffer::new();
         out.emit_current(
             Port::Main,
