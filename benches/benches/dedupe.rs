@@ -380,6 +380,7 @@ impl HashMapRun {
 /// The operator over RocksDB, committing as the engine does.
 struct DedupeRun {
     sizes: Sizes,
+    /// Deleted at the end unless `BREADCRUMB_BENCH_KEEP_STATE=1` (to read RocksDB's `LOG`).
     _dir: TempDir,
     backend: StateBackend,
     store: StoreId,
@@ -395,11 +396,18 @@ struct DedupeRun {
     chunks: u64,
     commits: u64,
     tally: Tally,
+    /// Thread CPU of the measured chunks' commits: checkpoint and changelog pass, `commit_into`,
+    /// RocksDB write.
+    commit_cpu: [Duration; 3],
 }
 
 impl DedupeRun {
     fn new(sizes: Sizes) -> Self {
-        let dir = TempDir::new().expect("temp dir");
+        let mut dir = TempDir::new().expect("temp dir");
+        if std::env::var("BREADCRUMB_BENCH_KEEP_STATE").is_ok_and(|value| value == "1") {
+            eprintln!("dedupe: state kept in {}", dir.path().display());
+            dir.disable_cleanup(true);
+        }
         let operator = Dedupe::new(
             "pay",
             DedupeConfig {
@@ -428,6 +436,7 @@ impl DedupeRun {
             chunks: 0,
             commits: 0,
             tally: Tally::default(),
+            commit_cpu: [Duration::ZERO; 3],
         };
         run.operator
             .open_partition(&mut run.stores)
@@ -477,6 +486,7 @@ impl DedupeRun {
 
     /// What the engine does to the partition at a transaction commit, minus Kafka.
     fn commit(&mut self) {
+        let started = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
         let last = self.next_offset - 1;
         self.operator
             .checkpoint(&mut self.stores, last)
@@ -488,6 +498,7 @@ impl DedupeRun {
             self.changelog_next += 1;
         }
         black_box(changelog_bytes);
+        let changelog_done = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
         let mut batch = self.backend.commit_batch();
         self.stores[0].commit_into(&mut batch);
         batch.set_checkpoint(
@@ -498,7 +509,14 @@ impl DedupeRun {
                 input_next_offset: last + 1,
             },
         );
+        let batch_done = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
         batch.write().expect("commit");
+        let written = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
+        if self.chunks > 0 {
+            self.commit_cpu[0] += changelog_done - started;
+            self.commit_cpu[1] += batch_done - changelog_done;
+            self.commit_cpu[2] += written - batch_done;
+        }
         self.since_commit = 0;
         self.commits += 1;
     }
@@ -568,15 +586,33 @@ fn dedupe(c: &mut Criterion) {
     group.finish();
 
     eprintln!();
-    baseline_tally.print(&format!("dedupe/hashmap_{}_keys", sizes.label));
-    run.tally.print(&format!("dedupe/rocksdb_{}_keys", sizes.label));
-    eprintln!(
-        "dedupe/rocksdb_{}_keys vs hashmap: {:.2}x the baseline's time per record (wall), \
-         {:.2}x per CPU-second of the running thread",
-        sizes.label,
-        baseline_tally.wall_rate() / run.tally.wall_rate(),
-        baseline_tally.cpu_rate() / run.tally.cpu_rate(),
-    );
+    if baseline_tally.records > 0 {
+        baseline_tally.print(&format!("dedupe/hashmap_{}_keys", sizes.label));
+    }
+    if run.tally.records > 0 {
+        run.tally.print(&format!("dedupe/rocksdb_{}_keys", sizes.label));
+        let per_record = |time: Duration| time.as_nanos() as f64 / run.tally.records as f64;
+        let [changelog, batch, write] = run.commit_cpu;
+        eprintln!(
+            "dedupe/rocksdb_{}_keys thread CPU per record: {:.0} ns, of which processing {:.0} ns, \
+             checkpoint + changelog pass {:.0} ns, commit_into {:.0} ns, RocksDB write {:.0} ns",
+            sizes.label,
+            per_record(run.tally.thread_cpu),
+            per_record(run.tally.thread_cpu - changelog - batch - write),
+            per_record(changelog),
+            per_record(batch),
+            per_record(write),
+        );
+    }
+    if baseline_tally.records > 0 && run.tally.records > 0 {
+        eprintln!(
+            "dedupe/rocksdb_{}_keys vs hashmap: {:.2}x the baseline's time per record (wall), \
+             {:.2}x per CPU-second of the running thread",
+            sizes.label,
+            baseline_tally.wall_rate() / run.tally.wall_rate(),
+            baseline_tally.cpu_rate() / run.tally.cpu_rate(),
+        );
+    }
     assert!(baseline_consistent, "the baseline saw every new id once");
     run.report();
 }
