@@ -103,16 +103,6 @@ pub(crate) fn partition_prefix(partition: i32) -> [u8; 4] {
     (partition as u32).to_be_bytes()
 }
 
-/// Expiry-index key: partition, then the expiry time with its sign bit flipped so negative times
-/// sort before positive ones, then the store key.
-pub(crate) fn expiry_index_key(partition: i32, expire_at_ms: i64, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + key.len());
-    out.extend_from_slice(&partition_prefix(partition));
-    out.extend_from_slice(&sortable_time(expire_at_ms));
-    out.extend_from_slice(key);
-    out
-}
-
 pub(crate) fn sortable_time(time_ms: i64) -> [u8; 8] {
     ((time_ms as u64) ^ (1 << 63)).to_be_bytes()
 }
