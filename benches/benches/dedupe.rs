@@ -5,24 +5,38 @@
 //! (same value, same event time, so a late retry) of an id among the last 10,000: 10% of the
 //! records are duplicates. The default 7-day horizon keeps every key live, so the state only
 //! grows; the bloom filter is sized for the total key count, as a deployment expecting that many
-//! keys per horizon would configure it. The engine's transaction cost is included: every 10,000
-//! records `checkpoint`, `commit_into` with the partition checkpoint, and the batch `write` (WAL
-//! off, as the engine runs it). Producing the changelog and the output to Kafka is not included.
-//! RocksDB's flushes and compactions run on its background threads (the machine's other core).
+//! keys per horizon would configure it. The engine's transaction cost is included: every
+//! 10,000 records (`BREADCRUMB_BENCH_COMMIT_EVERY` overrides it) `checkpoint`, a pass over the
+//! dirty entries (which the engine turns into changelog records), `commit_into` with the
+//! partition checkpoint, and the batch `write` (WAL off, as the engine runs it). Producing the
+//! changelog and the output to Kafka is not included. RocksDB's flushes and compactions run on
+//! its background threads (the machine's other core).
 //!
-//! Two measurements, one run:
-//! - `dedupe/floor_key_and_hash`: the same loop with the operator replaced by building the store
-//!   key and hashing the value: the cost floor of any per-record work.
-//! - `dedupe/rocksdb_<N>_keys`: the operator. One iteration is one chunk of `N / 11` new keys
-//!   (plus their 10% copies, about 1.01M records at N = 10M) over a state that keeps growing
-//!   across iterations. The warm-up is exactly one chunk and the 10 samples are one chunk each
-//!   (flat sampling; criterion warns that it cannot complete 10 samples in the 1 ms target: that
-//!   target is what forces one chunk per sample), so the samples measure the state growing from
-//!   `N / 11` to `N` distinct keys, and the run ends with `N` keys stored (printed, and checked
-//!   against the operator's decisions, at the end).
+//! Three measurements, one run, the same workload:
+//! - `dedupe/floor_key_and_hash`: the loop with the operator replaced by building the store key
+//!   and hashing the value: the cost floor of any per-record work.
+//! - `dedupe/hashmap_<N>_keys`: the baseline, a plain in-memory dedupe (a std `HashMap` from
+//!   store key to first-seen time and digest, no persistence, no transactions) over the same
+//!   records, so the operator's figure has something to be compared with on the same machine
+//!   in the same run.
+//! - `dedupe/rocksdb_<N>_keys`: the operator.
+//!
+//! The last two run one chunk of `N / 11` new keys (plus their 10% copies, about 1.01M records at
+//! N = 10M) per iteration over a state that keeps growing across iterations. The warm-up is
+//! exactly one chunk and the 10 samples are one chunk each (flat sampling; criterion warns that
+//! it cannot complete 10 samples in the 1 ms target: that target is what forces one chunk per
+//! sample), so the samples measure the state growing from `N / 11` to `N` distinct keys, and the
+//! run ends with `N` keys stored.
+//!
+//! Criterion's figures are wall-clock. The machine is often shared, so the summary printed at the
+//! end also gives the measured chunks' throughput per CPU-second of the thread that ran them (the
+//! issue's "events/s on one core"), the CPU the whole process spent (RocksDB's background
+//! threads included), and the operator's ratio to the baseline. It also checks that the operator
+//! decided as the workload dictates (a wrong decision makes the figures meaningless).
 //!
 //! `N` is 10M; `BREADCRUMB_BENCH_QUICK=1` makes it 1M, for quick checks.
 
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -35,7 +49,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use tempfile::TempDir;
 
 const PARTITION: i32 = 0;
-const COMMIT_EVERY: usize = 10_000;
+const DEFAULT_COMMIT_EVERY: usize = 10_000;
 const VALUE_LEN: usize = 200;
 /// Copies are of one of the last this many new ids.
 const RECENT: u64 = 10_000;
@@ -51,6 +65,8 @@ struct Sizes {
     total_keys: u64,
     /// New keys per chunk, a multiple of [`NEW_PER_COPY`] so every chunk has as many records.
     new_per_chunk: u64,
+    /// Records per transaction.
+    commit_every: usize,
 }
 
 impl Sizes {
@@ -62,15 +78,97 @@ impl Sizes {
             ("10M", 10_000_000)
         };
         let new_per_chunk = total_keys.div_ceil(CHUNKS).div_ceil(NEW_PER_COPY) * NEW_PER_COPY;
+        let commit_every = std::env::var("BREADCRUMB_BENCH_COMMIT_EVERY")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .filter(|&records: &usize| records > 0)
+            .unwrap_or(DEFAULT_COMMIT_EVERY);
         Self {
             label,
             total_keys,
             new_per_chunk,
+            commit_every,
         }
     }
 
     fn records_per_chunk(&self) -> u64 {
         self.new_per_chunk + self.new_per_chunk / NEW_PER_COPY
+    }
+}
+
+fn cpu_time(clock: libc::clockid_t) -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid, writable timespec; the clocks used exist on every Linux.
+    let result = unsafe { libc::clock_gettime(clock, &mut time) };
+    assert_eq!(result, 0, "clock_gettime");
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}
+
+/// Wall and CPU time of the measured chunks (the warm-up chunk excluded).
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    records: u64,
+    wall: Duration,
+    thread_cpu: Duration,
+    process_cpu: Duration,
+}
+
+/// Clocks read around one timed chunk.
+struct Stopwatch {
+    wall: Instant,
+    thread_cpu: Duration,
+    process_cpu: Duration,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Self {
+            thread_cpu: cpu_time(libc::CLOCK_THREAD_CPUTIME_ID),
+            process_cpu: cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID),
+            wall: Instant::now(),
+        }
+    }
+
+    /// Stops the clocks; adds the chunk to `tally` unless it is the warm-up chunk.
+    fn stop(self, tally: &mut Tally, records: u64, warm_up: bool) -> Duration {
+        let wall = self.wall.elapsed();
+        if !warm_up {
+            tally.records += records;
+            tally.wall += wall;
+            tally.thread_cpu += cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - self.thread_cpu;
+            tally.process_cpu += cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - self.process_cpu;
+        }
+        wall
+    }
+}
+
+impl Tally {
+    fn per_second(records: u64, time: Duration) -> f64 {
+        records as f64 / time.as_secs_f64().max(1e-9)
+    }
+
+    fn wall_rate(&self) -> f64 {
+        Self::per_second(self.records, self.wall)
+    }
+
+    fn cpu_rate(&self) -> f64 {
+        Self::per_second(self.records, self.thread_cpu)
+    }
+
+    fn print(&self, name: &str) {
+        eprintln!(
+            "{name}: {} records measured: {:.0}/s wall, {:.0}/s per CPU-second of the \
+             running thread; process CPU {:.2}s for {:.2}s wall ({:.2} cores)",
+            self.records,
+            self.wall_rate(),
+            self.cpu_rate(),
+            self.process_cpu.as_secs_f64(),
+            self.wall.as_secs_f64(),
+            self.process_cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9),
+        );
     }
 }
 
@@ -212,9 +310,77 @@ impl Floor {
     }
 }
 
+/// The baseline: a plain in-memory dedupe over the same records, with what the operator keeps
+/// per key (first-seen time and digest) and the same horizon check, but no persistence.
+struct HashMapRun {
+    sizes: Sizes,
+    seen: HashMap<Vec<u8>, (i64, u64)>,
+    workload: Workload,
+    ids: Vec<u64>,
+    builder: EventBuilder,
+    key: Vec<u8>,
+    stream_time_ms: i64,
+    first: u64,
+    duplicates: u64,
+    chunks: u64,
+    tally: Tally,
+}
+
+impl HashMapRun {
+    fn new(sizes: Sizes) -> Self {
+        Self {
+            sizes,
+            seen: HashMap::new(),
+            workload: Workload::new(),
+            ids: Vec::new(),
+            builder: EventBuilder::new(),
+            key: Vec::with_capacity(64),
+            stream_time_ms: i64::MIN,
+            first: 0,
+            duplicates: 0,
+            chunks: 0,
+            tally: Tally::default(),
+        }
+    }
+
+    fn run_chunk(&mut self) -> Duration {
+        const TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+        self.workload.chunk(self.sizes.new_per_chunk, &mut self.ids);
+        let clocks = Stopwatch::start();
+        for &n in &self.ids {
+            self.builder.fill(n);
+            self.key.clear();
+            self.key.push(b'k');
+            self.builder
+                .event
+                .field("id")
+                .unwrap()
+                .append_key_bytes(&mut self.key);
+            self.stream_time_ms = self.stream_time_ms.max(self.builder.event.event_time_ms);
+            let digest = floor_hash(&self.builder.value);
+            match self.seen.get(self.key.as_slice()) {
+                Some(&(first_seen, _)) if first_seen + TTL_MS > self.stream_time_ms => {
+                    self.duplicates += 1;
+                }
+                _ => {
+                    self.seen
+                        .insert(self.key.clone(), (self.stream_time_ms, digest));
+                    self.first += 1;
+                }
+            }
+        }
+        let records = self.ids.len() as u64;
+        let elapsed = clocks.stop(&mut self.tally, records, self.chunks == 0);
+        self.chunks += 1;
+        black_box((self.first, self.duplicates));
+        elapsed
+    }
+}
+
 /// The operator over RocksDB, committing as the engine does.
 struct DedupeRun {
     sizes: Sizes,
+    /// Deleted at the end unless `BREADCRUMB_BENCH_KEEP_STATE=1` (to read RocksDB's `LOG`).
     _dir: TempDir,
     backend: StateBackend,
     store: StoreId,
@@ -229,11 +395,19 @@ struct DedupeRun {
     changelog_next: i64,
     chunks: u64,
     commits: u64,
+    tally: Tally,
+    /// Thread CPU of the measured chunks' commits: checkpoint and changelog pass, `commit_into`,
+    /// RocksDB write.
+    commit_cpu: [Duration; 3],
 }
 
 impl DedupeRun {
     fn new(sizes: Sizes) -> Self {
-        let dir = TempDir::new().expect("temp dir");
+        let mut dir = TempDir::new().expect("temp dir");
+        if std::env::var("BREADCRUMB_BENCH_KEEP_STATE").is_ok_and(|value| value == "1") {
+            eprintln!("dedupe: state kept in {}", dir.path().display());
+            dir.disable_cleanup(true);
+        }
         let operator = Dedupe::new(
             "pay",
             DedupeConfig {
@@ -261,6 +435,8 @@ impl DedupeRun {
             changelog_next: 0,
             chunks: 0,
             commits: 0,
+            tally: Tally::default(),
+            commit_cpu: [Duration::ZERO; 3],
         };
         run.operator
             .open_partition(&mut run.stores)
@@ -271,7 +447,7 @@ impl DedupeRun {
     fn run_chunk(&mut self) -> Duration {
         let mut ids = std::mem::take(&mut self.ids);
         self.workload.chunk(self.sizes.new_per_chunk, &mut ids);
-        let started = Instant::now();
+        let clocks = Stopwatch::start();
         for &n in &ids {
             self.builder.fill(n);
             let record = RawRecord {
@@ -295,14 +471,14 @@ impl DedupeRun {
             debug_assert_eq!(disposition, Disposition::Handled);
             self.next_offset += 1;
             self.since_commit += 1;
-            if self.since_commit == COMMIT_EVERY {
+            if self.since_commit == self.sizes.commit_every {
                 self.commit();
             }
         }
         if self.since_commit > 0 {
             self.commit();
         }
-        let elapsed = started.elapsed();
+        let elapsed = clocks.stop(&mut self.tally, ids.len() as u64, self.chunks == 0);
         self.ids = ids;
         self.chunks += 1;
         elapsed
@@ -310,11 +486,19 @@ impl DedupeRun {
 
     /// What the engine does to the partition at a transaction commit, minus Kafka.
     fn commit(&mut self) {
+        let started = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
         let last = self.next_offset - 1;
         self.operator
             .checkpoint(&mut self.stores, last)
             .expect("checkpoint");
-        self.changelog_next += self.stores[0].dirty_len() as i64;
+        // The engine reads every dirty entry to produce the changelog records.
+        let mut changelog_bytes = 0;
+        for entry in self.stores[0].dirty() {
+            changelog_bytes += entry.key.len() + entry.value.map_or(0, <[u8]>::len);
+            self.changelog_next += 1;
+        }
+        black_box(changelog_bytes);
+        let changelog_done = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
         let mut batch = self.backend.commit_batch();
         self.stores[0].commit_into(&mut batch);
         batch.set_checkpoint(
@@ -325,7 +509,14 @@ impl DedupeRun {
                 input_next_offset: last + 1,
             },
         );
+        let batch_done = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
         batch.write().expect("commit");
+        let written = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
+        if self.chunks > 0 {
+            self.commit_cpu[0] += changelog_done - started;
+            self.commit_cpu[1] += batch_done - changelog_done;
+            self.commit_cpu[2] += written - batch_done;
+        }
         self.since_commit = 0;
         self.commits += 1;
     }
@@ -339,13 +530,15 @@ impl DedupeRun {
         let distinct = self.workload.next_new;
         eprintln!(
             "dedupe/rocksdb_{}_keys: {} chunks, {records} records, {distinct} distinct keys \
-             stored ({} main, {} duplicates, {} conflicts), {} commits, RocksDB estimate {} keys",
+             stored ({} main, {} duplicates, {} conflicts), {} commits of {} records, RocksDB \
+             estimate {} keys",
             self.sizes.label,
             self.chunks,
             self.out.main,
             self.out.duplicates,
             self.out.conflicts,
             self.commits,
+            self.sizes.commit_every,
             self.backend.estimated_keys(self.store),
         );
         assert_eq!(self.out.main, distinct, "every new id is a first copy");
@@ -378,11 +571,49 @@ fn dedupe(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_nanos(1))
         .measurement_time(Duration::from_millis(1));
+    let mut baseline = HashMapRun::new(sizes);
+    group.bench_function(format!("hashmap_{}_keys", sizes.label), |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| baseline.run_chunk()).sum())
+    });
+    let baseline_tally = baseline.tally;
+    let baseline_consistent = baseline.first == baseline.workload.next_new;
+    drop(baseline);
+
     let mut run = DedupeRun::new(sizes);
     group.bench_function(format!("rocksdb_{}_keys", sizes.label), |b| {
         b.iter_custom(|iters| (0..iters).map(|_| run.run_chunk()).sum())
     });
     group.finish();
+
+    eprintln!();
+    if baseline_tally.records > 0 {
+        baseline_tally.print(&format!("dedupe/hashmap_{}_keys", sizes.label));
+    }
+    if run.tally.records > 0 {
+        run.tally.print(&format!("dedupe/rocksdb_{}_keys", sizes.label));
+        let per_record = |time: Duration| time.as_nanos() as f64 / run.tally.records as f64;
+        let [changelog, batch, write] = run.commit_cpu;
+        eprintln!(
+            "dedupe/rocksdb_{}_keys thread CPU per record: {:.0} ns, of which processing {:.0} ns, \
+             checkpoint + changelog pass {:.0} ns, commit_into {:.0} ns, RocksDB write {:.0} ns",
+            sizes.label,
+            per_record(run.tally.thread_cpu),
+            per_record(run.tally.thread_cpu - changelog - batch - write),
+            per_record(changelog),
+            per_record(batch),
+            per_record(write),
+        );
+    }
+    if baseline_tally.records > 0 && run.tally.records > 0 {
+        eprintln!(
+            "dedupe/rocksdb_{}_keys vs hashmap: {:.2}x the baseline's time per record (wall), \
+             {:.2}x per CPU-second of the running thread",
+            sizes.label,
+            baseline_tally.wall_rate() / run.tally.wall_rate(),
+            baseline_tally.cpu_rate() / run.tally.cpu_rate(),
+        );
+    }
+    assert!(baseline_consistent, "the baseline saw every new id once");
     run.report();
 }
 

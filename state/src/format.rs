@@ -57,10 +57,27 @@ impl<'a> StoredValue<'a> {
     /// Encodes a value in the current format.
     pub fn encode(expire_at_ms: i64, payload: &[u8]) -> Box<[u8]> {
         let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.push(FORMAT_VERSION);
-        bytes.extend_from_slice(&expire_at_ms.to_be_bytes());
+        bytes.extend_from_slice(&value_header(expire_at_ms));
         bytes.extend_from_slice(payload);
         bytes.into_boxed_slice()
+    }
+}
+
+/// The header of a value in the current format; the payload follows it.
+pub(crate) fn value_header(expire_at_ms: i64) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = FORMAT_VERSION;
+    header[1..].copy_from_slice(&expire_at_ms.to_be_bytes());
+    header
+}
+
+/// The expiry time of a value encoded by this build; `None` if it is not in the current format.
+pub(crate) fn encoded_expire_at(bytes: &[u8]) -> Option<i64> {
+    match bytes {
+        [FORMAT_VERSION, expire @ ..] if expire.len() >= 8 => {
+            Some(i64::from_be_bytes(expire[..8].try_into().ok()?))
+        }
+        _ => None,
     }
 }
 
@@ -84,16 +101,6 @@ pub fn decode_input_offset(bytes: &[u8]) -> Option<i64> {
 /// Partition scope of a RocksDB key: 4 bytes, big-endian, so one partition's keys are contiguous.
 pub(crate) fn partition_prefix(partition: i32) -> [u8; 4] {
     (partition as u32).to_be_bytes()
-}
-
-/// Expiry-index key: partition, then the expiry time with its sign bit flipped so negative times
-/// sort before positive ones, then the store key.
-pub(crate) fn expiry_index_key(partition: i32, expire_at_ms: i64, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + key.len());
-    out.extend_from_slice(&partition_prefix(partition));
-    out.extend_from_slice(&sortable_time(expire_at_ms));
-    out.extend_from_slice(key);
-    out
 }
 
 pub(crate) fn sortable_time(time_ms: i64) -> [u8; 8] {
@@ -128,6 +135,9 @@ mod tests {
             Err(StateError::Corrupt { .. })
         ));
         assert!(StoredValue::decode(&[], "store").is_err());
+        assert_eq!(encoded_expire_at(&bytes), Some(-5));
+        assert_eq!(encoded_expire_at(&future), None);
+        assert_eq!(encoded_expire_at(&bytes[..5]), None);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   an in-memory overlay that reads see; [`CommitBatch`] moves committed overlays into RocksDB in
 //!   one `WriteBatch`, together with the checkpoint of each partition.
 //! - [`format`]: the versioned byte format shared by RocksDB values and changelog records.
+//! - `expiry`: the format of the expiry index (entries grouping the keys that expire in one
+//!   span of time).
 //! - [`restore`]: [`RestoreWriter`], which applies a changelog tail to local state.
 //!
 //! The contract with the engine: nothing reaches RocksDB before the Kafka transaction that
@@ -15,7 +17,9 @@
 
 pub mod backend;
 pub mod error;
+mod expiry;
 pub mod format;
+mod overlay;
 pub mod restore;
 pub mod store;
 

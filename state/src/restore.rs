@@ -3,7 +3,8 @@
 use rocksdb::WriteBatch;
 
 use crate::backend::{Checkpoint, StoreId};
-use crate::format::{expiry_index_key, partition_prefix, StoredValue, NO_EXPIRY};
+use crate::expiry;
+use crate::format::{partition_prefix, StoredValue, NO_EXPIRY};
 use crate::{Result, StateBackend};
 
 /// Records applied per RocksDB write during a restore: large enough to amortise the write,
@@ -22,6 +23,11 @@ pub struct RestoreWriter {
     batch: WriteBatch,
     applied: u64,
     key_buffer: Vec<u8>,
+    value_buffer: Vec<u8>,
+    /// Expiry-index items of the records in `batch`: `(expire_at_ms, range in index_keys)`,
+    /// grouped when the batch is written.
+    index_items: Vec<(i64, std::ops::Range<usize>)>,
+    index_keys: Vec<u8>,
 }
 
 impl RestoreWriter {
@@ -33,6 +39,9 @@ impl RestoreWriter {
             batch: WriteBatch::default(),
             applied: 0,
             key_buffer: Vec::with_capacity(64),
+            value_buffer: Vec::new(),
+            index_items: Vec::new(),
+            index_keys: Vec::new(),
         }
     }
 
@@ -50,11 +59,10 @@ impl RestoreWriter {
             Some(bytes) => {
                 let stored = StoredValue::decode(bytes, self.backend.store_name(self.store))?;
                 if stored.expire_at_ms != NO_EXPIRY {
-                    self.batch.put_cf(
-                        inner.expiry_cf(self.store),
-                        expiry_index_key(self.partition, stored.expire_at_ms, key),
-                        [],
-                    );
+                    let start = self.index_keys.len();
+                    self.index_keys.extend_from_slice(key);
+                    self.index_items
+                        .push((stored.expire_at_ms, start..self.index_keys.len()));
                 }
                 self.batch
                     .put_cf(inner.main_cf(self.store), &self.key_buffer, bytes);
@@ -62,9 +70,31 @@ impl RestoreWriter {
         }
         self.applied += 1;
         if self.batch.len() >= RESTORE_BATCH_RECORDS {
+            self.put_index();
             self.backend.write(std::mem::take(&mut self.batch))?;
         }
         Ok(())
+    }
+
+    /// Adds the expiry index of the records in the batch to it. Applying a record again (after
+    /// a restore cut short) may index it twice: a stale or repeated item is skipped by expiry.
+    fn put_index(&mut self) {
+        let inner = &self.backend.inner;
+        let expiry_cf = inner.expiry_cf(self.store);
+        self.index_items.sort_by_key(|(expire_at_ms, _)| *expire_at_ms);
+        let keys = &self.index_keys;
+        let batch = &mut self.batch;
+        expiry::encode_groups(
+            &partition_prefix(self.partition),
+            self.index_items
+                .iter()
+                .map(|(expire_at_ms, range)| (*expire_at_ms, &keys[range.clone()])),
+            &mut self.key_buffer,
+            &mut self.value_buffer,
+            |key, value| batch.put_cf(expiry_cf, key, value),
+        );
+        self.index_items.clear();
+        self.index_keys.clear();
     }
 
     /// Records applied so far.
@@ -74,6 +104,7 @@ impl RestoreWriter {
 
     /// Writes what remains and the checkpoint the restore reached.
     pub fn finish(mut self, checkpoint: Checkpoint) -> Result<u64> {
+        self.put_index();
         let mut commit = self.backend.commit_batch();
         commit.batch = std::mem::take(&mut self.batch);
         commit.set_checkpoint(self.store, self.partition, checkpoint);

@@ -249,3 +249,195 @@ fn prefix_scan_visits_only_committed_keys_of_the_prefix_and_partition() {
     assert!(scan(&store, b"z").is_empty());
     assert_eq!(scan(&store, b"").len(), 5);
 }
+
+mod overlay_model {
+    //! The overlay, its commit and the expiry index against a plain model: random puts, deletes
+    //! (including keys rewritten several times in one transaction), expiry passes with small
+    //! limits, commits and discards on a small key space, over committed state that also holds
+    //! expiry-index entries in the format of earlier builds (one entry per key).
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use rocksdb::WriteBatch;
+    use tempfile::TempDir;
+
+    use super::{open, read};
+    use crate::format::{partition_prefix, sortable_time};
+    use crate::{PartitionStore, StateBackend, StoredValue, NO_EXPIRY};
+
+    const PARTITION: i32 = 1;
+    const KEYS: u8 = 24;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put { key: u8, expire: i64, payload: u8 },
+        Delete { key: u8 },
+        /// A committed entry written (with its index entry) as an earlier build did.
+        Legacy { key: u8, expire: i64, payload: u8 },
+        Expire { now: i64, limit: usize },
+        Commit,
+        Discard,
+    }
+
+    fn expire_time() -> impl Strategy<Value = i64> {
+        prop_oneof![Just(NO_EXPIRY), -5i64..20, -3_000i64..3_000]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..KEYS, expire_time(), any::<u8>())
+                .prop_map(|(key, expire, payload)| Op::Put { key, expire, payload }),
+            2 => (0..KEYS).prop_map(|key| Op::Delete { key }),
+            1 => (0..KEYS, -3_000i64..3_000, any::<u8>())
+                .prop_map(|(key, expire, payload)| Op::Legacy { key, expire, payload }),
+            2 => (-3_000i64..3_000, prop_oneof![1usize..4, Just(usize::MAX)])
+                .prop_map(|(now, limit)| Op::Expire { now, limit }),
+            2 => Just(Op::Commit),
+            1 => Just(Op::Discard),
+        ]
+    }
+
+    /// Keys of varied lengths sharing prefixes, so key order differs from write order.
+    fn key(n: u8) -> Vec<u8> {
+        let mut key = vec![b'k'; usize::from(n % 5)];
+        key.push(n);
+        key
+    }
+
+    fn payload(n: u8) -> Vec<u8> {
+        vec![n; usize::from(n % 7)]
+    }
+
+    type Value = (i64, Vec<u8>);
+
+    fn write_legacy(backend: &StateBackend, key: &[u8], expire: i64, payload: &[u8]) {
+        let inner = &backend.inner;
+        let id = backend.store_id("dedupe").unwrap();
+        let mut main_key = partition_prefix(PARTITION).to_vec();
+        main_key.extend_from_slice(key);
+        let mut index_key = partition_prefix(PARTITION).to_vec();
+        index_key.extend_from_slice(&sortable_time(expire));
+        index_key.extend_from_slice(key);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(inner.main_cf(id), main_key, StoredValue::encode(expire, payload));
+        batch.put_cf(inner.expiry_cf(id), index_key, []);
+        backend.write(batch).unwrap();
+    }
+
+    fn commit(backend: &StateBackend, store: &mut PartitionStore) {
+        let mut batch = backend.commit_batch();
+        store.commit_into(&mut batch);
+        batch.write().unwrap();
+    }
+
+    fn dirty(store: &PartitionStore) -> BTreeMap<Vec<u8>, (Option<Value>, i64)> {
+        store
+            .dirty()
+            .map(|entry| {
+                let value = entry.value.map(|bytes| {
+                    let value = StoredValue::decode(bytes, "").unwrap();
+                    (value.expire_at_ms, value.payload.to_vec())
+                });
+                (entry.key.to_vec(), (value, entry.input_offset))
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn overlay_commits_and_expiry_match_a_model(ops in proptest::collection::vec(op(), 1..120)) {
+            let dir = TempDir::new().unwrap();
+            let backend = open(&dir);
+            let id = backend.store_id("dedupe").unwrap();
+            let mut store = backend.partition_store(id, PARTITION);
+            let mut committed: BTreeMap<Vec<u8>, Value> = BTreeMap::new();
+            let mut pending: BTreeMap<Vec<u8>, (Option<Value>, i64)> = BTreeMap::new();
+            let visible = |committed: &BTreeMap<Vec<u8>, Value>,
+                           pending: &BTreeMap<Vec<u8>, (Option<Value>, i64)>,
+                           key: &[u8]| match pending.get(key) {
+                Some((value, _)) => value.clone(),
+                None => committed.get(key).cloned(),
+            };
+            for (offset, op) in ops.iter().enumerate() {
+                let offset = offset as i64;
+                match *op {
+                    Op::Put { key: n, expire, payload: p } => {
+                        store.put(&key(n), expire, &payload(p), offset);
+                        pending.insert(key(n), (Some((expire, payload(p))), offset));
+                    }
+                    Op::Delete { key: n } => {
+                        store.delete(&key(n), offset);
+                        pending.insert(key(n), (None, offset));
+                    }
+                    Op::Legacy { key: n, expire, payload: p } => {
+                        write_legacy(&backend, &key(n), expire, &payload(p));
+                        committed.insert(key(n), (expire, payload(p)));
+                    }
+                    Op::Expire { now, limit } => {
+                        let deleted = store.expire_due(now, offset, limit).unwrap();
+                        prop_assert!(deleted <= limit);
+                        // The new tombstones are of keys visible with an expiry at or before now.
+                        let mut tombstones = 0;
+                        for (key, (value, input_offset)) in dirty(&store) {
+                            if value.is_none() && input_offset == offset {
+                                let before = visible(&committed, &pending, &key);
+                                prop_assert!(
+                                    before.as_ref().is_some_and(|(expire, _)| *expire <= now),
+                                    "{:?} deleted at {} while {:?}", key, now, before
+                                );
+                                pending.insert(key, (None, offset));
+                                tombstones += 1;
+                            }
+                        }
+                        prop_assert_eq!(deleted, tombstones);
+                    }
+                    Op::Commit => {
+                        commit(&backend, &mut store);
+                        for (key, (value, _)) in std::mem::take(&mut pending) {
+                            match value {
+                                Some(value) => committed.insert(key, value),
+                                None => committed.remove(&key),
+                            };
+                        }
+                    }
+                    Op::Discard => {
+                        store.discard();
+                        pending.clear();
+                    }
+                }
+                prop_assert_eq!(dirty(&store), pending.clone());
+                prop_assert_eq!(store.dirty_len(), pending.len());
+            }
+            for n in 0..KEYS {
+                prop_assert_eq!(read(&mut store, &key(n)), visible(&committed, &pending, &key(n)));
+            }
+            store.discard();
+            let mut stored = BTreeMap::new();
+            store
+                .for_each_committed(|key, value| {
+                    stored.insert(key.to_vec(), (value.expire_at_ms, value.payload.to_vec()));
+                    Ok(())
+                })
+                .unwrap();
+            prop_assert_eq!(&stored, &committed);
+
+            // Every committed entry that expires is in the expiry index: passes without a limit
+            // delete exactly the due ones, and nothing else.
+            let now = 0;
+            let due = committed.values().filter(|(expire, _)| *expire <= now).count();
+            let mut deleted = 0;
+            for _ in 0..3 {
+                deleted += store.expire_due(now, 0, usize::MAX).unwrap();
+                commit(&backend, &mut store);
+            }
+            prop_assert_eq!(deleted, due);
+            for n in 0..KEYS {
+                let expected = committed.get(&key(n)).filter(|(expire, _)| *expire > now).cloned();
+                prop_assert_eq!(read(&mut store, &key(n)), expected);
+            }
+            prop_assert_eq!(store.expire_due(now, 0, usize::MAX).unwrap(), 0);
+        }
+    }
+}
