@@ -331,6 +331,24 @@ impl Ordering {
     }
 }
 
+/// Expiry of a head changed at stream time `now_ms`: `key_ttl_ms` later, rounded up to the next
+/// multiple of `key_ttl_ms / 16`.
+///
+/// The rounding bounds the store's expiry index. Every write of an entry with an expiry adds an
+/// index entry `(expiry, key)`, and the one it supersedes is only deleted when it falls due; a
+/// head is rewritten at every commit its key is active in, so exact expiries would leave one
+/// stale index entry per rewrite for a whole TTL. Rounded, rewrites within one sixteenth of the
+/// TTL share their index entry: at most 17 per key, whatever the write rate. A head thus expires
+/// between `key_ttl_ms` and `17/16 * key_ttl_ms` after its last change.
+pub fn head_expiry(now_ms: i64, key_ttl_ms: i64) -> i64 {
+    let bucket = (key_ttl_ms / 16).max(1);
+    let exact = now_ms.saturating_add(key_ttl_ms);
+    exact
+        .div_euclid(bucket)
+        .saturating_mul(bucket)
+        .saturating_add(bucket)
+}
+
 /// Builds the ordering key of `event` into `key`; false when a key field is absent.
 fn build_key(key_fields: &[String], event: &Envelope, key: &mut Vec<u8>) -> bool {
     key.clear();
@@ -467,7 +485,7 @@ impl PartitionState {
     }
 
     fn expire_at(&self, shared: &Shared) -> i64 {
-        self.stream_time_ms.saturating_add(shared.config.key_ttl_ms)
+        head_expiry(self.stream_time_ms, shared.config.key_ttl_ms)
     }
 
     /// Keeps the head cache within its capacity; called at the start of every call that may

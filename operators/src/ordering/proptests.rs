@@ -396,7 +396,10 @@ impl Model {
     }
 
     fn touch(&mut self, key: &[u8]) {
-        let expire = self.stream_time_ms.saturating_add(self.config.key_ttl_ms);
+        // The operator rounds expiries up to a sixteenth of the TTL (to bound the expiry index).
+        let bucket = (self.config.key_ttl_ms / 16).max(1);
+        let exact = self.stream_time_ms.saturating_add(self.config.key_ttl_ms);
+        let expire = (exact.div_euclid(bucket) + 1) * bucket;
         self.keys.get_mut(key).unwrap().expire_at_ms = expire;
     }
 
