@@ -17,6 +17,9 @@ struct Pending {
     value: Option<Box<[u8]>>,
     /// The input offset whose processing made this write (the last one, if several did).
     input_offset: i64,
+    /// Whether the commit writes the value's expiry-index entry (false when the writer vouched
+    /// that the committed value has the same expiry, so the entry exists).
+    write_index: bool,
 }
 
 /// A write of the open transaction, as the engine turns it into a changelog record.
@@ -104,24 +107,49 @@ impl PartitionStore {
     /// Writes `key` in the overlay.
     pub fn put(&mut self, key: &[u8], expire_at_ms: i64, payload: &[u8], input_offset: i64) {
         let value = Some(StoredValue::encode(expire_at_ms, payload));
-        self.write(key, value, input_offset);
+        self.write(key, value, input_offset, true);
+    }
+
+    /// Writes `key` like [`PartitionStore::put`], for a key whose committed value has the same
+    /// `expire_at_ms`: its expiry-index entry exists, so the commit does not write it again
+    /// (one RocksDB write fewer per rewrite of a long-lived key). Only for callers that know
+    /// the committed expiry: were it different, the entry would never be expired.
+    pub fn put_same_expiry(
+        &mut self,
+        key: &[u8],
+        expire_at_ms: i64,
+        payload: &[u8],
+        input_offset: i64,
+    ) {
+        let value = Some(StoredValue::encode(expire_at_ms, payload));
+        self.write(key, value, input_offset, false);
     }
 
     /// Deletes `key` in the overlay (a tombstone in the changelog).
     pub fn delete(&mut self, key: &[u8], input_offset: i64) {
-        self.write(key, None, input_offset);
+        self.write(key, None, input_offset, true);
     }
 
-    fn write(&mut self, key: &[u8], value: Option<Box<[u8]>>, input_offset: i64) {
+    fn write(
+        &mut self,
+        key: &[u8],
+        value: Option<Box<[u8]>>,
+        input_offset: i64,
+        write_index: bool,
+    ) {
         if let Some(pending) = self.overlay.get_mut(key) {
             pending.value = value;
             pending.input_offset = input_offset;
+            // An earlier write of this transaction may have moved the expiry: keep writing the
+            // index entry then (rewriting an existing one is harmless).
+            pending.write_index |= write_index;
         } else {
             self.overlay.insert(
                 key.into(),
                 Pending {
                     value,
                     input_offset,
+                    write_index,
                 },
             );
         }
@@ -215,7 +243,7 @@ impl PartitionStore {
                     let expire_at_ms = StoredValue::decode(bytes, "")
                         .map(|value| value.expire_at_ms)
                         .unwrap_or(NO_EXPIRY);
-                    if expire_at_ms != NO_EXPIRY {
+                    if expire_at_ms != NO_EXPIRY && pending.write_index {
                         index_puts.push(expiry_index_key(self.partition, expire_at_ms, key));
                     }
                     batch.batch.put_cf(main_cf, &self.key_buffer, bytes);

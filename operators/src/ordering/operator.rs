@@ -58,8 +58,11 @@ type KeyMap<V> = HashMap<Arc<[u8]>, V, BuildHasherDefault<KeyHasher>>;
 struct HeadSlot {
     key: Arc<[u8]>,
     head: Head,
-    /// Stream time at which the head expires (its last change plus `key_ttl_ms`).
+    /// Stream time at which the head expires (see [`head_expiry`]).
     expire_at_ms: i64,
+    /// Expiry of the head as the store holds it (`i64::MIN`: not stored), so a rewrite with the
+    /// same expiry skips the store's expiry-index write.
+    stored_expire_at_ms: i64,
     /// Changed since last written to the store.
     dirty: bool,
 }
@@ -88,13 +91,21 @@ impl HeadCache {
         self.index.get(key).copied()
     }
 
-    fn push(&mut self, key: Arc<[u8]>, head: Head, expire_at_ms: i64, dirty: bool) -> u32 {
+    fn push(
+        &mut self,
+        key: Arc<[u8]>,
+        head: Head,
+        expire_at_ms: i64,
+        stored_expire_at_ms: i64,
+        dirty: bool,
+    ) -> u32 {
         let slot = self.slots.len() as u32;
         self.index.insert(key.clone(), slot);
         self.slots.push(HeadSlot {
             key,
             head,
             expire_at_ms,
+            stored_expire_at_ms,
             dirty,
         });
         if dirty {
@@ -126,7 +137,12 @@ impl HeadCache {
             entry.dirty = false;
             head_key(&entry.key, store_key);
             entry.head.encode(payload);
-            store.put(store_key, entry.expire_at_ms, payload, input_offset);
+            if entry.expire_at_ms == entry.stored_expire_at_ms {
+                store.put_same_expiry(store_key, entry.expire_at_ms, payload, input_offset);
+            } else {
+                store.put(store_key, entry.expire_at_ms, payload, input_offset);
+                entry.stored_expire_at_ms = entry.expire_at_ms;
+            }
         }
     }
 
@@ -522,7 +538,13 @@ impl PartitionState {
             Some(expire_at_ms) if expire_at_ms > now || self.waiting.keys.contains_key(key) => {
                 let head = Head::decode(&scratch.payload, &shared.name)?;
                 let key = self.shared_key(key);
-                Ok(Some(self.heads.push(key, head, expire_at_ms, false)))
+                Ok(Some(self.heads.push(
+                    key,
+                    head,
+                    expire_at_ms,
+                    expire_at_ms,
+                    false,
+                )))
             }
             _ => Ok(None),
         }
@@ -546,8 +568,10 @@ impl PartitionState {
                 slot
             }
             None => {
+                // Whatever the store may hold for the key (an expired head), its expiry is
+                // not vouched for: the first write of the new head writes its index entry.
                 let key = self.shared_key(key);
-                self.heads.push(key, head, expire_at_ms, true)
+                self.heads.push(key, head, expire_at_ms, i64::MIN, true)
             }
         }
     }

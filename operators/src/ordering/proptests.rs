@@ -1121,6 +1121,25 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     }
     sim.commit()?;
 
+    // Every committed head can expire (its expiry-index entry exists): past every expiry, the
+    // store's expiry deletes them all.
+    {
+        let last = sim.last_offset();
+        let store = &mut sim.stores[0];
+        store.expire_due(i64::MAX - 1, last, usize::MAX).unwrap();
+        let mut batch = sim.backend.as_ref().unwrap().commit_batch();
+        store.commit_into(&mut batch);
+        batch.write().unwrap();
+        let mut heads = 0;
+        store
+            .for_each_committed_with_prefix(&[super::format::HEAD_TAG], |_, _| {
+                heads += 1;
+                Ok(())
+            })
+            .unwrap();
+        prop_assert_eq!(heads, 0, "heads without an expiry-index entry");
+    }
+
     // Held at the end, as a restore from the changelog alone sees it.
     sim.crash(false, &LocalState::Lost);
     let mut model_held: Vec<i64> = sim
