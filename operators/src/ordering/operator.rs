@@ -70,8 +70,8 @@ struct HeadSlot {
 /// Heads of recently used keys, so an in-order event costs a hash lookup rather than a RocksDB
 /// read and write. Changes reach the store at checkpoint (one write per changed key per
 /// transaction). Bounded: when full at the start of a call, the cache writes its changes to the
-/// store and starts empty (a crude eviction that costs nothing per record; keys beyond the
-/// capacity are read from RocksDB once per transaction either way).
+/// store and starts empty: a crude eviction that costs nothing per record. With more active
+/// keys than the capacity, heads are read again from RocksDB after each reset.
 struct HeadCache {
     index: KeyMap<u32>,
     slots: Vec<HeadSlot>,
@@ -455,6 +455,9 @@ fn emit_held(
         })?;
     let headers: SmallVec<[(&str, Option<&[u8]>); 8]> = view.headers().collect();
     out.emit_record(Port::Main, &view.as_raw(&headers), &[]);
+    // Always a tombstone, even for a record stored in this same transaction: on a broker that
+    // shows aborted records to the restore consumer, an aborted transaction's put of this key
+    // may be in the changelog, and only the replay's tombstone supersedes it.
     held_key(key, sequence, store_key);
     store.delete(store_key, input_offset);
     Ok(())
