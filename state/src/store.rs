@@ -113,6 +113,19 @@ impl PartitionStore {
             .write(key, Some(&[&header, payload]), input_offset);
     }
 
+    /// Writes `key` like [`PartitionStore::put`], for a key whose committed value has the same
+    /// `expire_at_ms`. The expiry index holds one entry per span of expiry times per commit, so a
+    /// rewrite costs the same either way; the distinction is kept for callers that know it.
+    pub fn put_same_expiry(
+        &mut self,
+        key: &[u8],
+        expire_at_ms: i64,
+        payload: &[u8],
+        input_offset: i64,
+    ) {
+        self.put(key, expire_at_ms, payload, input_offset);
+    }
+
     /// Deletes `key` in the overlay (a tombstone in the changelog).
     pub fn delete(&mut self, key: &[u8], input_offset: i64) {
         self.overlay.write(key, None, input_offset);

@@ -441,3 +441,33 @@ mod overlay_model {
         }
     }
 }
+
+#[test]
+fn put_same_expiry_keeps_the_committed_index_entry_and_expiry_still_finds_the_key() {
+    let dir = TempDir::new().unwrap();
+    let backend = open(&dir);
+    let id = backend.store_id("dedupe").unwrap();
+    let mut store = backend.partition_store(id, 0);
+    let commit = |store: &mut crate::PartitionStore| {
+        let mut batch = backend.commit_batch();
+        store.commit_into(&mut batch);
+        batch.write().unwrap();
+    };
+    store.put(b"head", 100, b"v1", 0);
+    commit(&mut store);
+    store.put_same_expiry(b"head", 100, b"v2", 1);
+    commit(&mut store);
+    assert_eq!(read(&mut store, b"head"), Some((100, b"v2".to_vec())));
+
+    // Moved in this transaction, then vouched for: the new expiry's entry is still written.
+    store.put(b"moved", 100, b"", 2);
+    commit(&mut store);
+    store.put(b"moved", 300, b"", 3);
+    store.put_same_expiry(b"moved", 300, b"", 4);
+    commit(&mut store);
+
+    assert_eq!(store.expire_due(100, 5, 100).unwrap(), 1, "head is due");
+    commit(&mut store);
+    assert_eq!(read(&mut store, b"head"), None);
+    assert_eq!(store.expire_due(300, 6, 100).unwrap(), 1, "moved is due");
+}

@@ -97,8 +97,8 @@ pub struct OrderingConfig {
     #[serde(default = "default_max_waiting_bytes_per_partition")]
     pub max_waiting_bytes_per_partition: usize,
     /// Event time, milliseconds: a key's position (its head) is forgotten after the partition's
-    /// stream time moved this far past the key's last event; the key then starts afresh. Must
-    /// exceed `gap_timeout_ms`.
+    /// stream time moved this far past the key's last change (rounded up to a sixteenth of it, so
+    /// up to 17/16 of it); the key then starts afresh. Must exceed `gap_timeout_ms`.
     #[serde(default = "default_key_ttl_ms")]
     pub key_ttl_ms: i64,
     /// Gap ranges remembered per key, to route an event of a given-up range to the late port

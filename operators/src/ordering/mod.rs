@@ -63,7 +63,8 @@
 //! a crash or a rebalance loses nothing. Hot state is bounded: a cache of heads
 //! (`head_cache_keys_per_partition`, changes written at checkpoint) and the held events (the byte
 //! budget) with their timer index. Heads expire `key_ttl_ms` of stream time after their key last
-//! changed (never while events are held); held records are deleted when released. Opening a
+//! changed, rounded up to a sixteenth of it (see [`head_expiry`]), never while events are held;
+//! held records are deleted when released. Opening a
 //! partition reads the held records only, not every head.
 
 pub mod config;
@@ -75,7 +76,7 @@ pub use config::OrderingConfig;
 pub use format::{GapRange, GapReason, Head, Held};
 pub use metrics::OrderingMetrics;
 pub use operator::{
-    Ordering, ORDERING_GAP_REASON_HEADER, ORDERING_LATE_REASON_HEADER,
+    head_expiry, Ordering, ORDERING_GAP_REASON_HEADER, ORDERING_LATE_REASON_HEADER,
     ORDERING_NEXT_SEQUENCE_HEADER, ORDERING_REPEAT_HEADER,
 };
 

@@ -58,8 +58,11 @@ type KeyMap<V> = HashMap<Arc<[u8]>, V, BuildHasherDefault<KeyHasher>>;
 struct HeadSlot {
     key: Arc<[u8]>,
     head: Head,
-    /// Stream time at which the head expires (its last change plus `key_ttl_ms`).
+    /// Stream time at which the head expires (see [`head_expiry`]).
     expire_at_ms: i64,
+    /// Expiry of the head as the store holds it (`i64::MIN`: not stored), so a rewrite with the
+    /// same expiry skips the store's expiry-index write.
+    stored_expire_at_ms: i64,
     /// Changed since last written to the store.
     dirty: bool,
 }
@@ -67,8 +70,8 @@ struct HeadSlot {
 /// Heads of recently used keys, so an in-order event costs a hash lookup rather than a RocksDB
 /// read and write. Changes reach the store at checkpoint (one write per changed key per
 /// transaction). Bounded: when full at the start of a call, the cache writes its changes to the
-/// store and starts empty (a crude eviction that costs nothing per record; keys beyond the
-/// capacity are read from RocksDB once per transaction either way).
+/// store and starts empty: a crude eviction that costs nothing per record. With more active
+/// keys than the capacity, heads are read again from RocksDB after each reset.
 struct HeadCache {
     index: KeyMap<u32>,
     slots: Vec<HeadSlot>,
@@ -88,13 +91,21 @@ impl HeadCache {
         self.index.get(key).copied()
     }
 
-    fn push(&mut self, key: Arc<[u8]>, head: Head, expire_at_ms: i64, dirty: bool) -> u32 {
+    fn push(
+        &mut self,
+        key: Arc<[u8]>,
+        head: Head,
+        expire_at_ms: i64,
+        stored_expire_at_ms: i64,
+        dirty: bool,
+    ) -> u32 {
         let slot = self.slots.len() as u32;
         self.index.insert(key.clone(), slot);
         self.slots.push(HeadSlot {
             key,
             head,
             expire_at_ms,
+            stored_expire_at_ms,
             dirty,
         });
         if dirty {
@@ -126,7 +137,12 @@ impl HeadCache {
             entry.dirty = false;
             head_key(&entry.key, store_key);
             entry.head.encode(payload);
-            store.put(store_key, entry.expire_at_ms, payload, input_offset);
+            if entry.expire_at_ms == entry.stored_expire_at_ms {
+                store.put_same_expiry(store_key, entry.expire_at_ms, payload, input_offset);
+            } else {
+                store.put(store_key, entry.expire_at_ms, payload, input_offset);
+                entry.stored_expire_at_ms = entry.expire_at_ms;
+            }
         }
     }
 
@@ -331,6 +347,24 @@ impl Ordering {
     }
 }
 
+/// Expiry of a head changed at stream time `now_ms`: `key_ttl_ms` later, rounded up to the next
+/// multiple of `key_ttl_ms / 16`.
+///
+/// The rounding bounds the store's expiry index. Every write of an entry with an expiry adds an
+/// index entry `(expiry, key)`, and the one it supersedes is only deleted when it falls due; a
+/// head is rewritten at every commit its key is active in, so exact expiries would leave one
+/// stale index entry per rewrite for a whole TTL. Rounded, rewrites within one sixteenth of the
+/// TTL share their index entry: at most 17 per key, whatever the write rate. A head thus expires
+/// between `key_ttl_ms` and `17/16 * key_ttl_ms` after its last change.
+pub fn head_expiry(now_ms: i64, key_ttl_ms: i64) -> i64 {
+    let bucket = (key_ttl_ms / 16).max(1);
+    let exact = now_ms.saturating_add(key_ttl_ms);
+    exact
+        .div_euclid(bucket)
+        .saturating_mul(bucket)
+        .saturating_add(bucket)
+}
+
 /// Builds the ordering key of `event` into `key`; false when a key field is absent.
 fn build_key(key_fields: &[String], event: &Envelope, key: &mut Vec<u8>) -> bool {
     key.clear();
@@ -421,6 +455,9 @@ fn emit_held(
         })?;
     let headers: SmallVec<[(&str, Option<&[u8]>); 8]> = view.headers().collect();
     out.emit_record(Port::Main, &view.as_raw(&headers), &[]);
+    // Always a tombstone, even for a record stored in this same transaction: on a broker that
+    // shows aborted records to the restore consumer, an aborted transaction's put of this key
+    // may be in the changelog, and only the replay's tombstone supersedes it.
     held_key(key, sequence, store_key);
     store.delete(store_key, input_offset);
     Ok(())
@@ -467,7 +504,7 @@ impl PartitionState {
     }
 
     fn expire_at(&self, shared: &Shared) -> i64 {
-        self.stream_time_ms.saturating_add(shared.config.key_ttl_ms)
+        head_expiry(self.stream_time_ms, shared.config.key_ttl_ms)
     }
 
     /// Keeps the head cache within its capacity; called at the start of every call that may
@@ -504,7 +541,13 @@ impl PartitionState {
             Some(expire_at_ms) if expire_at_ms > now || self.waiting.keys.contains_key(key) => {
                 let head = Head::decode(&scratch.payload, &shared.name)?;
                 let key = self.shared_key(key);
-                Ok(Some(self.heads.push(key, head, expire_at_ms, false)))
+                Ok(Some(self.heads.push(
+                    key,
+                    head,
+                    expire_at_ms,
+                    expire_at_ms,
+                    false,
+                )))
             }
             _ => Ok(None),
         }
@@ -528,8 +571,10 @@ impl PartitionState {
                 slot
             }
             None => {
+                // Whatever the store may hold for the key (an expired head), its expiry is
+                // not vouched for: the first write of the new head writes its index entry.
                 let key = self.shared_key(key);
-                self.heads.push(key, head, expire_at_ms, true)
+                self.heads.push(key, head, expire_at_ms, i64::MIN, true)
             }
         }
     }

@@ -782,9 +782,22 @@ fn ordering_idle_keys_expire_after_the_ttl_and_start_afresh() {
         gap_timeout_ms: 100,
         ..OrderingConfig::default()
     });
+    // Expiries round up to a sixteenth of the TTL (62 ms): `a`, changed at 0, expires at 1054.
+    assert_eq!(head_expiry(0, 1_000), 1_054);
+    assert_eq!(head_expiry(-1, 1_000), 1_054);
+    assert_eq!(head_expiry(992, 1_000), 2_046);
     harness.run([ev("a", 5, 0), ev("b", 1, 500)]);
     harness.commit();
-    harness.process(ev("b", 2, 1_000));
+    harness.process(ev("b", 2, 1_053));
+    harness
+        .operator
+        .checkpoint(&mut harness.stores, harness.offset - 1)
+        .unwrap();
+    assert!(
+        harness.stores[0].dirty().all(|entry| entry.value.is_some()),
+        "not yet due"
+    );
+    harness.process(ev("b", 3, 1_054));
     harness
         .operator
         .checkpoint(&mut harness.stores, harness.offset - 1)
@@ -803,7 +816,7 @@ fn ordering_idle_keys_expire_after_the_ttl_and_start_afresh() {
         .unwrap();
     assert_eq!(tombstones, vec![a_head]);
     // `a` starts afresh at whatever comes first.
-    assert_eq!(harness.process(ev("a", 2, 1_000)), strings(&["main a:2"]));
+    assert_eq!(harness.process(ev("a", 2, 1_054)), strings(&["main a:2"]));
 }
 
 #[test]
