@@ -117,24 +117,6 @@ impl BlockedBloom {
         true
     }
 
-    /// Starts loading the block of `hash` into the cache, so that a check shortly after does
-    /// not wait for memory.
-    fn prefetch(&self, hash: u64) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let block: *const Block = &self.blocks[self.block_index(hash)];
-            // SAFETY: a prefetch is only a hint; the address is that of a live block.
-            #[allow(unused_unsafe)]
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    block.cast::<i8>(),
-                );
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
-    }
-
     fn memory_bytes(&self) -> usize {
         std::mem::size_of_val(&*self.blocks)
     }
@@ -217,15 +199,6 @@ impl GenerationalFilter {
             self.previous
                 .get_or_insert_with(|| BlockedBloom::new(shape))
                 .set(hash);
-        }
-    }
-
-    /// Starts loading what [`Self::may_contain_hash`] of `hash` will read: call it as early as
-    /// possible, and do other work before the check.
-    pub fn prefetch(&self, hash: u64) {
-        self.current.prefetch(hash);
-        if let Some(previous) = &self.previous {
-            previous.prefetch(hash);
         }
     }
 

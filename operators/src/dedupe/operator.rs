@@ -238,11 +238,9 @@ impl Operator for Dedupe {
         state.stream_time_ms = state.stream_time_ms.max(event.event_time_ms);
         let stream_time_ms = state.stream_time_ms;
         state.filter.advance(stream_time_ms);
-        // The filter's block is most likely not cached (the filter is megabytes): start loading
-        // it, and hash the value meanwhile.
-        let key_hash = state.filter.hash(&self.key);
-        state.filter.prefetch(key_hash);
         let digest = xxh3_64(record.value.unwrap_or_default());
+        // One hash of the key serves the filter's check and its insert.
+        let key_hash = state.filter.hash(&self.key);
 
         if state.filter.may_contain_hash(key_hash) {
             if let Some(expire_at_ms) = store.get(&self.key, &mut self.payload)? {
