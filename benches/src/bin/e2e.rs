@@ -147,7 +147,10 @@ fn main() -> Result<()> {
         engine_rate,
         engine.as_secs_f64()
     );
-    println!("ratio: {:.0}% of the raw copy", 100.0 * engine_rate / raw_rate);
+    println!(
+        "ratio: {:.0}% of the raw copy",
+        100.0 * engine_rate / raw_rate
+    );
     if args.latency_records > 0 {
         let raw_summary = LatencySummary::of(raw_latencies);
         let engine_summary = LatencySummary::of(engine_latencies);
@@ -158,7 +161,10 @@ fn main() -> Result<()> {
         raw_summary.print("raw transactional copy");
         engine_summary.print("breadcrumb exactly-once dedupe");
         if let (Some(raw_p99), Some(engine_p99)) = (raw_summary.p99, engine_summary.p99) {
-            println!("p99 added by breadcrumb over the raw copy: {} ms", engine_p99 - raw_p99);
+            println!(
+                "p99 added by breadcrumb over the raw copy: {} ms",
+                engine_p99 - raw_p99
+            );
         }
     }
     drop(broker);
@@ -207,7 +213,8 @@ impl LatencyRun {
         }
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions as i32 {
-            let (_, high) = consumer.fetch_watermarks(output, partition, Duration::from_secs(10))?;
+            let (_, high) =
+                consumer.fetch_watermarks(output, partition, Duration::from_secs(10))?;
             assignment.add_partition_offset(output, partition, Offset::Offset(high))?;
         }
         consumer.assign(&assignment)?;
