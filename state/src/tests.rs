@@ -323,7 +323,14 @@ mod overlay_model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|cases| cases.parse().ok())
+                .unwrap_or(64),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn overlay_commits_and_expiry_match_a_model(ops in proptest::collection::vec(op(), 1..120)) {
             let dir = TempDir::new().unwrap();
