@@ -415,8 +415,6 @@ fn state_options() -> StateOptions {
 /// The operator over RocksDB, committing as the engine does.
 struct DedupeRun {
     sizes: Sizes,
-    /// Deleted at the end unless `BREADCRUMB_BENCH_KEEP_STATE=1` (to read RocksDB's `LOG`).
-    _dir: TempDir,
     backend: StateBackend,
     store: StoreId,
     operator: Dedupe,
@@ -434,6 +432,10 @@ struct DedupeRun {
     /// Thread CPU of the measured chunks' commits: checkpoint and changelog pass, `commit_into`,
     /// RocksDB write.
     commit_cpu: [Duration; 3],
+    /// Deleted at the end unless `BREADCRUMB_BENCH_KEEP_STATE=1` (to read RocksDB's `LOG`).
+    /// Last, so that it is dropped after every handle on the database: deleting the directory
+    /// under a live RocksDB left a directory of the files its background jobs still wrote.
+    _dir: TempDir,
 }
 
 impl DedupeRun {
