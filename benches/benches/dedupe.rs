@@ -34,7 +34,10 @@
 //! threads included), and the operator's ratio to the baseline. It also checks that the operator
 //! decided as the workload dictates (a wrong decision makes the figures meaningless).
 //!
-//! `N` is 10M; `BREADCRUMB_BENCH_QUICK=1` makes it 1M, for quick checks.
+//! `N` is 10M; `BREADCRUMB_BENCH_QUICK=1` makes it 1M, for quick checks. For investigation:
+//! `BREADCRUMB_BENCH_RANDOM_IDS=1` (ids in random key order), `BREADCRUMB_BENCH_COMMIT_EVERY`, `BREADCRUMB_BENCH_WRITE_BUFFER_MB`,
+//! `BREADCRUMB_BENCH_BLOCK_CACHE_MB`, and `BREADCRUMB_BENCH_KEEP_STATE=1` (keeps the RocksDB
+//! directory, to read its `LOG`).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -214,6 +217,9 @@ struct EventBuilder {
     event: Envelope,
     value: Vec<u8>,
     id_at: usize,
+    /// `BREADCRUMB_BENCH_RANDOM_IDS=1`: the id of event `n` is a fixed permutation of `n`, so
+    /// ids arrive in random key order (like UUIDs) instead of ascending (like time-ordered ids).
+    random_ids: bool,
 }
 
 impl EventBuilder {
@@ -231,11 +237,21 @@ impl EventBuilder {
             event: Envelope::default(),
             value: value.into_bytes(),
             id_at,
+            random_ids: std::env::var("BREADCRUMB_BENCH_RANDOM_IDS")
+                .is_ok_and(|value| value == "1"),
         }
     }
 
     fn fill(&mut self, n: u64) {
-        let digits = digits12(n);
+        const IDS: u128 = 1_000_000_000_000;
+        // Coprime with 10^12, so n -> n * A mod 10^12 is a bijection.
+        const A: u128 = 780_291_637_733;
+        let id = if self.random_ids {
+            (u128::from(n) * A % IDS) as u64
+        } else {
+            n
+        };
+        let digits = digits12(id);
         self.event.id.clear();
         self.event.id.push_str("pay-");
         self.event
@@ -377,11 +393,28 @@ impl HashMapRun {
     }
 }
 
+/// The state options: the defaults, or `BREADCRUMB_BENCH_WRITE_BUFFER_MB` /
+/// `BREADCRUMB_BENCH_BLOCK_CACHE_MB` (the engine's `[state]` sizes) to try others.
+fn state_options() -> StateOptions {
+    let mebibytes = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse::<usize>().ok())
+            .map(|value| value << 20)
+    };
+    let defaults = StateOptions::default();
+    StateOptions {
+        write_buffer_bytes: mebibytes("BREADCRUMB_BENCH_WRITE_BUFFER_MB")
+            .unwrap_or(defaults.write_buffer_bytes),
+        block_cache_bytes: mebibytes("BREADCRUMB_BENCH_BLOCK_CACHE_MB")
+            .unwrap_or(defaults.block_cache_bytes),
+        ..defaults
+    }
+}
+
 /// The operator over RocksDB, committing as the engine does.
 struct DedupeRun {
     sizes: Sizes,
-    /// Deleted at the end unless `BREADCRUMB_BENCH_KEEP_STATE=1` (to read RocksDB's `LOG`).
-    _dir: TempDir,
     backend: StateBackend,
     store: StoreId,
     operator: Dedupe,
@@ -399,6 +432,10 @@ struct DedupeRun {
     /// Thread CPU of the measured chunks' commits: checkpoint and changelog pass, `commit_into`,
     /// RocksDB write.
     commit_cpu: [Duration; 3],
+    /// Deleted at the end unless `BREADCRUMB_BENCH_KEEP_STATE=1` (to read RocksDB's `LOG`).
+    /// Last, so that it is dropped after every handle on the database: deleting the directory
+    /// under a live RocksDB left a directory of the files its background jobs still wrote.
+    _dir: TempDir,
 }
 
 impl DedupeRun {
@@ -416,8 +453,7 @@ impl DedupeRun {
             },
         );
         let names: Vec<String> = operator.stores().into_iter().map(|s| s.name).collect();
-        let backend =
-            StateBackend::open(dir.path(), &names, &StateOptions::default()).expect("open state");
+        let backend = StateBackend::open(dir.path(), &names, &state_options()).expect("open state");
         let store = backend.store_id(operator.store_name()).unwrap();
         let mut run = Self {
             sizes,
@@ -590,7 +626,8 @@ fn dedupe(c: &mut Criterion) {
         baseline_tally.print(&format!("dedupe/hashmap_{}_keys", sizes.label));
     }
     if run.tally.records > 0 {
-        run.tally.print(&format!("dedupe/rocksdb_{}_keys", sizes.label));
+        run.tally
+            .print(&format!("dedupe/rocksdb_{}_keys", sizes.label));
         let per_record = |time: Duration| time.as_nanos() as f64 / run.tally.records as f64;
         let [changelog, batch, write] = run.commit_cpu;
         eprintln!(

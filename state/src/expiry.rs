@@ -168,7 +168,11 @@ mod tests {
         for (key, value) in entries {
             let group = decode_entry(key, value, "s", &mut items).unwrap();
             for (time, range) in &items {
-                let bytes = if group { &value[range.clone()] } else { &key[range.clone()] };
+                let bytes = if group {
+                    &value[range.clone()]
+                } else {
+                    &key[range.clone()]
+                };
                 out.push((*time, bytes.to_vec()));
             }
         }

@@ -34,7 +34,8 @@ pub(crate) struct Overlay {
 impl Overlay {
     pub(crate) fn new() -> Self {
         Self {
-            seed: std::collections::hash_map::RandomState::new().hash_one(0x6f76_6572_6c61_7921_u64),
+            seed: std::collections::hash_map::RandomState::new()
+                .hash_one(0x6f76_6572_6c61_7921_u64),
             table: HashTable::new(),
             entries: Vec::new(),
             arena: Vec::new(),

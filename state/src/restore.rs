@@ -81,7 +81,8 @@ impl RestoreWriter {
     fn put_index(&mut self) {
         let inner = &self.backend.inner;
         let expiry_cf = inner.expiry_cf(self.store);
-        self.index_items.sort_by_key(|(expire_at_ms, _)| *expire_at_ms);
+        self.index_items
+            .sort_by_key(|(expire_at_ms, _)| *expire_at_ms);
         let keys = &self.index_keys;
         let batch = &mut self.batch;
         expiry::encode_groups(

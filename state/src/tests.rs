@@ -271,11 +271,24 @@ mod overlay_model {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Put { key: u8, expire: i64, payload: u8 },
-        Delete { key: u8 },
+        Put {
+            key: u8,
+            expire: i64,
+            payload: u8,
+        },
+        Delete {
+            key: u8,
+        },
         /// A committed entry written (with its index entry) as an earlier build did.
-        Legacy { key: u8, expire: i64, payload: u8 },
-        Expire { now: i64, limit: usize },
+        Legacy {
+            key: u8,
+            expire: i64,
+            payload: u8,
+        },
+        Expire {
+            now: i64,
+            limit: usize,
+        },
         Commit,
         Discard,
     }
@@ -320,7 +333,11 @@ mod overlay_model {
         index_key.extend_from_slice(&sortable_time(expire));
         index_key.extend_from_slice(key);
         let mut batch = WriteBatch::default();
-        batch.put_cf(inner.main_cf(id), main_key, StoredValue::encode(expire, payload));
+        batch.put_cf(
+            inner.main_cf(id),
+            main_key,
+            StoredValue::encode(expire, payload),
+        );
         batch.put_cf(inner.expiry_cf(id), index_key, []);
         backend.write(batch).unwrap();
     }
@@ -345,7 +362,14 @@ mod overlay_model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|cases| cases.parse().ok())
+                .unwrap_or(64),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn overlay_commits_and_expiry_match_a_model(ops in proptest::collection::vec(op(), 1..120)) {
             let dir = TempDir::new().unwrap();

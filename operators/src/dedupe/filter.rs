@@ -73,17 +73,140 @@ fn blocked_fp_rate(bits_per_key: f64, probes: u32) -> f64 {
     rate
 }
 
+/// The zeroed blocks of a filter. Large filters get their own anonymous mapping, advised to be
+/// backed by huge pages: a check touches one random block of a filter of megabytes, so with
+/// 4 KiB pages nearly every check also misses the TLB.
+enum Blocks {
+    Heap(Box<[Block]>),
+    #[cfg(target_os = "linux")]
+    Mapped(mapped::Mapping),
+}
+
+impl std::ops::Deref for Blocks {
+    type Target = [Block];
+
+    fn deref(&self) -> &[Block] {
+        match self {
+            Blocks::Heap(blocks) => blocks,
+            #[cfg(target_os = "linux")]
+            Blocks::Mapped(mapping) => mapping.blocks(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Blocks {
+    fn deref_mut(&mut self) -> &mut [Block] {
+        match self {
+            Blocks::Heap(blocks) => blocks,
+            #[cfg(target_os = "linux")]
+            Blocks::Mapped(mapping) => mapping.blocks_mut(),
+        }
+    }
+}
+
+impl Blocks {
+    fn zeroed(count: usize) -> Self {
+        #[cfg(target_os = "linux")]
+        if count.saturating_mul(std::mem::size_of::<Block>()) >= mapped::MIN_BYTES {
+            if let Some(mapping) = mapped::Mapping::new(count) {
+                return Blocks::Mapped(mapping);
+            }
+        }
+        Blocks::Heap(vec![Block([0; 8]); count].into_boxed_slice())
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod mapped {
+    use std::ptr::NonNull;
+
+    use super::Block;
+
+    const HUGE_PAGE: usize = 2 << 20;
+    /// Smaller filters stay on the heap.
+    pub(super) const MIN_BYTES: usize = 4 << 20;
+
+    /// An anonymous private mapping (zero-filled by the kernel), aligned to huge pages.
+    pub(super) struct Mapping {
+        base: NonNull<libc::c_void>,
+        mapped_bytes: usize,
+        blocks: NonNull<Block>,
+        count: usize,
+    }
+
+    // SAFETY: the mapping is owned by this value alone, like a `Box<[Block]>`.
+    unsafe impl Send for Mapping {}
+    // SAFETY: shared access only reads, like `&[Block]`.
+    unsafe impl Sync for Mapping {}
+
+    impl Mapping {
+        pub(super) fn new(count: usize) -> Option<Self> {
+            let bytes = count.checked_mul(std::mem::size_of::<Block>())?;
+            let mapped_bytes = bytes.checked_add(HUGE_PAGE)?;
+            // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    mapped_bytes,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return None;
+            }
+            let base = NonNull::new(base)?;
+            let address = base.as_ptr() as usize;
+            let offset = address.next_multiple_of(HUGE_PAGE) - address;
+            // SAFETY: `offset < HUGE_PAGE`, so `offset + bytes` lies within the mapping.
+            let start = unsafe { base.as_ptr().cast::<u8>().add(offset) };
+            // SAFETY: advice on memory of this mapping; failure (no THP support) is harmless.
+            unsafe {
+                libc::madvise(start.cast(), bytes, libc::MADV_HUGEPAGE);
+            }
+            Some(Self {
+                base,
+                mapped_bytes,
+                blocks: NonNull::new(start.cast::<Block>())?,
+                count,
+            })
+        }
+
+        pub(super) fn blocks(&self) -> &[Block] {
+            // SAFETY: `count` zero-filled (all-zero is a valid `Block`), 64-byte aligned blocks
+            // within the mapping owned by `self`.
+            unsafe { std::slice::from_raw_parts(self.blocks.as_ptr(), self.count) }
+        }
+
+        pub(super) fn blocks_mut(&mut self) -> &mut [Block] {
+            // SAFETY: as in `blocks`, and `&mut self` makes the access exclusive.
+            unsafe { std::slice::from_raw_parts_mut(self.blocks.as_ptr(), self.count) }
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly the mapping made in `new`; no reference outlives `self`.
+            unsafe {
+                libc::munmap(self.base.as_ptr(), self.mapped_bytes);
+            }
+        }
+    }
+}
+
 /// A cache-blocked bloom filter over pre-computed 64-bit hashes: the upper 32 bits choose the
 /// block, the lower 32 bits (remixed per probe) the bits within it.
 struct BlockedBloom {
-    blocks: Box<[Block]>,
+    blocks: Blocks,
     probes: u32,
 }
 
 impl BlockedBloom {
     fn new(shape: Shape) -> Self {
         Self {
-            blocks: vec![Block([0; 8]); shape.blocks].into_boxed_slice(),
+            blocks: Blocks::zeroed(shape.blocks),
             probes: shape.probes,
         }
     }
@@ -118,7 +241,7 @@ impl BlockedBloom {
     }
 
     fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.blocks)
+        std::mem::size_of_val::<[Block]>(&self.blocks)
     }
 }
 
@@ -258,6 +381,27 @@ mod tests {
             .count();
         let rate = false_positives as f64 / probes as f64;
         assert!(rate < 0.0125, "false-positive rate {rate}");
+    }
+
+    #[test]
+    fn large_filters_work_the_same() {
+        let mut filter = GenerationalFilter::new(1_000, 10_000_000, 0.01);
+        #[cfg(target_os = "linux")]
+        assert!(matches!(filter.current.blocks, Blocks::Mapped(_)));
+        assert!(filter.memory_bytes() > 12 << 20);
+        filter.advance(0);
+        for n in 0..10_000u32 {
+            filter.insert(&n.to_be_bytes(), 0);
+        }
+        assert!((0..10_000u32).all(|n| filter.may_contain(&n.to_be_bytes())));
+        let false_positives = (10_000..20_000u32)
+            .filter(|n| filter.may_contain(&n.to_be_bytes()))
+            .count();
+        assert!(false_positives < 10, "{false_positives}");
+        // Rotation drops (unmaps) the older filter.
+        filter.advance(1_000);
+        filter.advance(2_000);
+        assert!(!filter.may_contain(&0u32.to_be_bytes()));
     }
 
     #[test]
