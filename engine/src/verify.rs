@@ -80,19 +80,13 @@ pub fn read_topic(
     }
     let mut assignment = TopicPartitionList::new();
     let mut open = BTreeSet::new();
-    let mut ends = HashMap::new();
     for partition in &partitions {
         let (low, high) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(10))?;
         if high > low {
             assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
             open.insert(*partition);
-            ends.insert(*partition, high);
         }
     }
-    // Next offset to read per partition: an end-of-partition event before the end known at the
-    // start (the broker's last stable offset can trail a just-committed transaction) is not the
-    // end.
-    let mut next_offsets: HashMap<i32, i64> = HashMap::new();
     if open.is_empty() {
         return Ok(Vec::new());
     }
@@ -107,16 +101,9 @@ pub fn read_topic(
             });
         }
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                next_offsets.insert(message.partition(), message.offset() + 1);
-                records.push(message.detach());
-            }
+            Some(Ok(message)) => records.push(message.detach()),
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                let reached = next_offsets.get(&partition).copied().unwrap_or(0);
-                // Transactional topics end with a commit marker, which is never delivered.
-                if reached + 1 >= ends.get(&partition).copied().unwrap_or(0) {
-                    open.remove(&partition);
-                }
+                open.remove(&partition);
             }
             Some(Err(error)) => return Err(error.into()),
             None => {}
