@@ -204,7 +204,7 @@ impl Workload {
         for _ in 0..new_keys {
             ids.push(self.next_new);
             self.next_new += 1;
-            if self.next_new % NEW_PER_COPY == 0 {
+            if self.next_new.is_multiple_of(NEW_PER_COPY) {
                 let back = self.next_random() % self.next_new.min(RECENT);
                 ids.push(self.next_new - 1 - back);
             }

@@ -120,7 +120,7 @@ impl Workload {
                     let account = random % self.keys;
                     let slot = account as usize;
                     let sequence = self.next[slot];
-                    if self.out_of_order && (random >> 40) % SWAP_ONE_IN == 0 {
+                    if self.out_of_order && (random >> 40).is_multiple_of(SWAP_ONE_IN) {
                         self.next[slot] += 2;
                         self.early += 1;
                         // Due order is kept by never scheduling before the last delayed event.

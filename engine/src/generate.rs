@@ -348,7 +348,7 @@ pub fn produce(
                 std::thread::sleep(wait);
             }
         }
-        if sent % 1_000 == 0 {
+        if sent.is_multiple_of(1_000) {
             on_progress(sent);
         }
     }

@@ -1,6 +1,7 @@
 //! Prometheus metrics. Handles are resolved once (per pipeline, topic or store) and held by the
 //! runtime; nothing on the per-record path looks a metric up by name.
 
+use breadcrumb_operators::ordering::metrics::{REORDER_DEPTH_BUCKETS, TIME_IN_BUFFER_BUCKETS};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -208,12 +209,12 @@ impl Metrics {
         let ordering_reorder_depth = histogram_vec(
             "breadcrumb_ordering_reorder_depth",
             "Sequence numbers between the next expected one and a held event.",
-            prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
+            REORDER_DEPTH_BUCKETS.to_vec(),
         );
         let ordering_buffer_seconds = histogram_vec(
             "breadcrumb_ordering_buffer_seconds",
             "Event time a held event waited before it was released.",
-            prometheus::exponential_buckets(0.01, 4.0, 10).expect("valid buckets"),
+            TIME_IN_BUFFER_BUCKETS.to_vec(),
         );
         Self {
             registry,

@@ -288,7 +288,12 @@ fn engine_restores_state_from_changelog_when_local_state_is_lost() -> Result<()>
         .count();
     ensure!(restored > 0, "the second run restored from the changelog");
     assert_verified(&config, std::slice::from_ref(&journal))?;
-    let output = committed_records(&scenario, &scenario.output_topic, &[journal.clone()], 1)?;
+    let output = committed_records(
+        &scenario,
+        &scenario.output_topic,
+        std::slice::from_ref(&journal),
+        1,
+    )?;
     assert_eq!(
         output.len() as u64,
         first.new,

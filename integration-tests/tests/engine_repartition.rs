@@ -85,10 +85,8 @@ fn repartition_by_event_id_dedupes_copies_that_arrive_under_other_keys() -> Resu
             RecordKind::New => {
                 first_partition.insert(id, *partition);
             }
-            RecordKind::Duplicate => {
-                if first_partition.get(id.as_str()) != Some(partition) {
-                    copies_elsewhere += 1;
-                }
+            RecordKind::Duplicate if first_partition.get(id.as_str()) != Some(partition) => {
+                copies_elsewhere += 1;
             }
             _ => {}
         }

@@ -2,6 +2,9 @@
 
 use crate::trace::TraceContext;
 
+/// A Kafka header as a record carries it: its name, and a value that may be null.
+pub type HeaderRef<'a> = (&'a str, Option<&'a [u8]>);
+
 /// A Kafka record as consumed, borrowed from the consumer's buffer. Nothing here is copied, so
 /// republishing sends exactly the bytes that arrived.
 #[derive(Debug, Clone, Copy)]
@@ -14,7 +17,7 @@ pub struct RawRecord<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     /// Headers in arrival order; a header may repeat and may have a null value.
-    pub headers: &'a [(&'a str, Option<&'a [u8]>)],
+    pub headers: &'a [HeaderRef<'a>],
 }
 
 impl<'a> RawRecord<'a> {

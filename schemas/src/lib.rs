@@ -19,7 +19,7 @@ pub mod trace;
 pub use decode::{
     build_decoder, CloudEventsConfig, Decoder, DecoderConfig, JsonConfig, TimeFallback,
 };
-pub use envelope::{AttributeValue, Envelope, RawRecord};
+pub use envelope::{AttributeValue, Envelope, HeaderRef, RawRecord};
 pub use error::{DecodeError, DecodeErrorClass};
 pub use stored::{StoredRecord, StoredRecordError, StoredRecordView, STORED_RECORD_VERSION};
 pub use trace::TraceContext;

@@ -286,10 +286,7 @@ mod tests {
     use crate::RawRecord;
     use proptest::prelude::*;
 
-    fn sample() -> (
-        Vec<(&'static str, Option<&'static [u8]>)>,
-        RawRecord<'static>,
-    ) {
+    fn sample() -> (Vec<crate::HeaderRef<'static>>, RawRecord<'static>) {
         let headers: Vec<(&'static str, Option<&'static [u8]>)> = vec![
             ("ce_id", Some(b"p-1")),
             ("empty", None),

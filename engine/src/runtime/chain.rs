@@ -7,7 +7,7 @@
 //! operator saw.
 
 use breadcrumb_operators::{Disposition, Emitter, Header, Operator, Port, Waiting};
-use breadcrumb_schemas::{Decoder, Envelope, RawRecord};
+use breadcrumb_schemas::{Decoder, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::PartitionStore;
 use smallvec::SmallVec;
 
@@ -56,10 +56,6 @@ impl OperatorChain {
 
     pub fn is_empty(&self) -> bool {
         self.operators.is_empty()
-    }
-
-    pub fn operator(&self, index: usize) -> &dyn Operator {
-        self.operators[index].as_ref()
     }
 
     /// Runs `record` through the chain.
@@ -217,7 +213,7 @@ impl Link<'_> {
             return;
         }
         // The next operator sees the headers this one added, as the output topic would.
-        let merged_headers: SmallVec<[(&str, Option<&[u8]>); 16]> = record
+        let merged_headers: SmallVec<[HeaderRef<'_>; 16]> = record
             .headers
             .iter()
             .copied()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use breadcrumb_operators::{Header as OperatorHeader, Port};
-use breadcrumb_schemas::{Envelope, RawRecord};
+use breadcrumb_schemas::{Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::format::encode_input_offset;
 use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -236,7 +236,7 @@ impl Core {
         self.begin_if_needed()?;
         let partition = message.partition();
         let offset = message.offset();
-        let mut header_refs: SmallVec<[(&str, Option<&[u8]>); 16]> = SmallVec::new();
+        let mut header_refs: SmallVec<[HeaderRef<'_>; 16]> = SmallVec::new();
         if let Some(message_headers) = message.headers() {
             for header in message_headers.iter() {
                 header_refs.push((header.key, header.value));
@@ -414,15 +414,13 @@ impl Core {
                 transaction_header,
                 pipeline_counts,
                 dead_letter_topic,
-                routes,
                 ..
             } = self;
             let pipeline = &mut pipelines[index];
             let task = tasks.get_mut(&(index, partition)).expect("due task exists");
             task.touched = true;
-            let add_source_headers = !routes
-                .iter()
-                .any(|route| route.internal && route.stage == Stage::Stateful { pipeline: index });
+            // Records of a repartition topic already carry their source headers.
+            let add_source_headers = pipeline.repartition.is_none();
             let mut publisher = Publisher {
                 producer,
                 transaction: transaction_header,

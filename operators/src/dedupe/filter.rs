@@ -266,7 +266,7 @@ impl GenerationalFilter {
         Self {
             ttl_ms,
             shape,
-            seed: std::collections::hash_map::RandomState::new().hash_one(0x626c_6f6f_6du64),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x0062_6c6f_6f6d_u64),
             current_generation: i64::MIN,
             current: BlockedBloom::new(shape),
             previous: None,

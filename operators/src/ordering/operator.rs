@@ -5,7 +5,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use breadcrumb_schemas::envelope::FieldRef;
-use breadcrumb_schemas::{Envelope, RawRecord, StoredRecord, StoredRecordView};
+use breadcrumb_schemas::{Envelope, HeaderRef, RawRecord, StoredRecord, StoredRecordView};
 use breadcrumb_state::{PartitionStore, StateError, NO_EXPIRY};
 use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -453,7 +453,7 @@ fn emit_held(
             operator: operator.to_owned(),
             reason: "held record does not decode",
         })?;
-    let headers: SmallVec<[(&str, Option<&[u8]>); 8]> = view.headers().collect();
+    let headers: SmallVec<[HeaderRef<'_>; 8]> = view.headers().collect();
     out.emit_record(Port::Main, &view.as_raw(&headers), &[]);
     // Always a tombstone, even for a record stored in this same transaction: on a broker that
     // shows aborted records to the restore consumer, an aborted transaction's put of this key
