@@ -39,6 +39,10 @@ pub enum EngineError {
     /// The producer was fenced or hit a fatal error: the engine must recreate it and rejoin.
     #[error("producer fenced or failed fatally: {0}")]
     Fatal(String),
+    /// A schema a record names could not be fetched (registry down). Not bad input: the open
+    /// transaction is aborted and the records are read again after a back-off.
+    #[error("schema source unavailable: {0}")]
+    SchemaUnavailable(String),
     /// Local I/O (journal, state directory).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub transaction_records: Histogram,
     /// Producer recreations after a fatal or fenced error.
     pub producer_restarts: IntCounter,
+    /// Transactions rewound because a schema source (registry) could not answer.
+    pub schema_unavailable: IntCounter,
     /// Gap records emitted by ordering operators, by pipeline.
     pub ordering_gaps: IntCounterVec,
     /// Events that arrived after their gap was declared, by pipeline.
@@ -170,6 +172,14 @@ impl Metrics {
         registry
             .register(Box::new(producer_restarts.clone()))
             .expect("metric registered once");
+        let schema_unavailable = IntCounter::new(
+            "breadcrumb_schema_unavailable_total",
+            "Transactions rewound because a schema registry could not answer; retried after a back-off.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(schema_unavailable.clone()))
+            .expect("metric registered once");
         let ordering_gaps = counter(
             "breadcrumb_ordering_gaps_total",
             "Gap records emitted: sequences given up on after a timeout, an overflow or a new epoch.",
@@ -233,6 +243,7 @@ impl Metrics {
             assigned_partitions,
             transaction_records,
             producer_restarts,
+            schema_unavailable,
             ordering_gaps,
             ordering_late,
             ordering_repeats,

@@ -163,7 +163,9 @@ pub fn verify(
         EngineError::Config(vec![format!("pipelines.{pipeline_name}: no such pipeline")])
     })?;
     let client_config = base_client_config(config);
-    let decoder = build_decoder(&pipeline.decoder);
+    let decoder = build_decoder(&pipeline.decoder).map_err(|error| {
+        EngineError::Config(vec![format!("pipelines.{pipeline_name}.decoder.{error}")])
+    })?;
     let mut envelope = Envelope::default();
     let mut report = Report::default();
 

@@ -2,27 +2,37 @@
 //!
 //! - [`CloudEventsDecoder`]: CloudEvents 1.0 over Kafka, binary or structured mode.
 //! - [`JsonDecoder`]: plain JSON values read at configured JSON pointers.
+//! - [`AvroDecoder`]: Avro values (Confluent wire format with a Schema Registry or a schema
+//!   directory, or raw bodies of one schema), read at the same JSON-pointer paths.
 //!
-//! Neither builds a `serde_json::Value`: the JSON is read in one pass, keeping only what the
-//! envelope needs.
+//! None builds a value tree (`serde_json::Value`, `apache_avro::types::Value`): each value is
+//! read in one pass, keeping only what the envelope needs.
 
+pub mod avro;
 mod cloudevents;
 mod common;
 mod config;
+mod fields;
 mod json;
 mod pointer;
 
+pub use avro::AvroDecoder;
 pub use cloudevents::CloudEventsDecoder;
 pub use config::{
-    default_max_value_bytes, default_time_fallback, default_traceparent_header, CloudEventsConfig,
-    JsonConfig, TimeFallback, BUILT_IN_FIELD_NAMES,
+    default_max_value_bytes, default_time_fallback, default_traceparent_header, AvroConfig,
+    AvroWireFormat, CloudEventsConfig, JsonConfig, RegistryConfig, TimeFallback,
+    BUILT_IN_FIELD_NAMES,
 };
 pub use json::JsonDecoder;
 
+use crate::error::SchemasResult;
 use crate::{DecodeError, Envelope, RawRecord};
 
 /// Turns a raw Kafka record into an [`Envelope`]. Implementations are pure functions of the
-/// record: no I/O, no clock, so decoding is deterministic on replay.
+/// record: no clock, so decoding is deterministic on replay. The one I/O allowed is fetching an
+/// immutable schema by the id a record names, once, into a cache; when that source cannot
+/// answer, decode fails with [`crate::DecodeErrorClass::SchemaUnavailable`] and the caller retries
+/// later instead of rejecting the record.
 pub trait Decoder: Send + Sync {
     /// Fills `out` (already cleared by the caller) from `record`.
     fn decode(&self, record: &RawRecord<'_>, out: &mut Envelope) -> Result<(), DecodeError>;
@@ -39,14 +49,18 @@ pub enum DecoderConfig {
     Cloudevents(CloudEventsConfig),
     /// Plain JSON values with configured JSON-pointer paths.
     Json(JsonConfig),
+    /// Avro values, with writer schemas from a registry or files.
+    Avro(AvroConfig),
 }
 
-/// Builds the decoder described by `config` (already validated).
-pub fn build_decoder(config: &DecoderConfig) -> Box<dyn Decoder> {
-    match config {
+/// Builds the decoder described by `config` (already validated). Fails only on what must be
+/// read at start-up: schema and password files.
+pub fn build_decoder(config: &DecoderConfig) -> SchemasResult<Box<dyn Decoder>> {
+    Ok(match config {
         DecoderConfig::Cloudevents(config) => Box::new(CloudEventsDecoder::new(config.clone())),
         DecoderConfig::Json(config) => Box::new(JsonDecoder::new(config)),
-    }
+        DecoderConfig::Avro(config) => Box::new(AvroDecoder::from_config(config)?),
+    })
 }
 
 #[cfg(test)]
@@ -79,7 +93,7 @@ mod tests {
             DecoderConfig::Json(rejecting),
         ]
         .iter()
-        .map(build_decoder)
+        .map(|config| build_decoder(config).unwrap())
         .collect()
     }
 

@@ -21,11 +21,20 @@ pub enum DecodeErrorClass {
     UnsupportedFormat,
     /// The value exceeds the configured size limit.
     Oversized,
+    /// The value is not a well-formed Avro datum of its writer schema (or its wire header is
+    /// short).
+    InvalidAvro,
+    /// The value names a schema id the registry does not have (or whose schema does not parse).
+    UnknownSchema,
+    /// The schema source could not answer now. Not bad input: the engine retries the record
+    /// later and never dead-letters it for this.
+    SchemaUnavailable,
 }
 
 impl DecodeErrorClass {
-    /// Every class, for pre-registering metric label values.
-    pub const ALL: [DecodeErrorClass; 8] = [
+    /// Every class that rejects a record, for pre-registering metric label values
+    /// ([`DecodeErrorClass::SchemaUnavailable`] is retried, never a rejection).
+    pub const ALL: [DecodeErrorClass; 10] = [
         DecodeErrorClass::MissingValue,
         DecodeErrorClass::InvalidUtf8,
         DecodeErrorClass::InvalidJson,
@@ -34,6 +43,8 @@ impl DecodeErrorClass {
         DecodeErrorClass::InvalidTraceContext,
         DecodeErrorClass::UnsupportedFormat,
         DecodeErrorClass::Oversized,
+        DecodeErrorClass::InvalidAvro,
+        DecodeErrorClass::UnknownSchema,
     ];
 
     /// The stable snake_case label of the class.
@@ -47,6 +58,9 @@ impl DecodeErrorClass {
             DecodeErrorClass::InvalidTraceContext => "invalid_trace_context",
             DecodeErrorClass::UnsupportedFormat => "unsupported_format",
             DecodeErrorClass::Oversized => "oversized",
+            DecodeErrorClass::InvalidAvro => "invalid_avro",
+            DecodeErrorClass::UnknownSchema => "unknown_schema",
+            DecodeErrorClass::SchemaUnavailable => "schema_unavailable",
         }
     }
 }
@@ -68,3 +82,15 @@ impl DecodeError {
         }
     }
 }
+
+/// Why a codec could not be built from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemasError {
+    /// A configured file is unreadable or its content invalid. `key` is relative to the decoder
+    /// table (`registry.schema_file`).
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+}
+
+pub type SchemasResult<T> = Result<T, SchemasError>;

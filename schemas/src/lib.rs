@@ -4,7 +4,7 @@
 //! - [`envelope`]: [`Envelope`], the decoded business event every operator sees, and
 //!   [`RawRecord`], the untouched Kafka record it came from (kept for republishing).
 //! - [`decode`]: the [`Decoder`] trait, [`DecoderConfig`] (chosen per input topic) and the
-//!   CloudEvents and plain-JSON decoders. Avro and OTLP decoders arrive later behind the same trait.
+//!   CloudEvents, plain-JSON and Avro decoders.
 //! - [`stored`]: [`StoredRecord`], the versioned format of records held in operator state.
 //! - [`trace`]: W3C `traceparent` parsing.
 //! - [`error`]: [`DecodeError`] with its [`DecodeErrorClass`]; a decode failure is a value, never a
@@ -17,9 +17,10 @@ pub mod stored;
 pub mod trace;
 
 pub use decode::{
-    build_decoder, CloudEventsConfig, Decoder, DecoderConfig, JsonConfig, TimeFallback,
+    build_decoder, AvroConfig, AvroWireFormat, CloudEventsConfig, Decoder, DecoderConfig,
+    JsonConfig, RegistryConfig, TimeFallback,
 };
 pub use envelope::{AttributeValue, Envelope, HeaderRef, RawRecord};
-pub use error::{DecodeError, DecodeErrorClass};
+pub use error::{DecodeError, DecodeErrorClass, SchemasError, SchemasResult};
 pub use stored::{StoredRecord, StoredRecordError, StoredRecordView, STORED_RECORD_VERSION};
 pub use trace::TraceContext;

@@ -7,7 +7,7 @@
 //! operator saw.
 
 use breadcrumb_operators::{Disposition, Emitter, Header, Operator, Port, Waiting};
-use breadcrumb_schemas::{Decoder, Envelope, HeaderRef, RawRecord};
+use breadcrumb_schemas::{DecodeErrorClass, Decoder, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::PartitionStore;
 use smallvec::SmallVec;
 
@@ -233,8 +233,12 @@ impl Link<'_> {
             None => {
                 let mut fresh = Envelope::default();
                 if let Err(error) = self.decoder.decode(&merged, &mut fresh) {
-                    self.sink
-                        .reject(&merged, decode_reason(error.class), &error.message);
+                    if error.class == DecodeErrorClass::SchemaUnavailable {
+                        *self.error = Some(EngineError::SchemaUnavailable(error.message));
+                    } else {
+                        self.sink
+                            .reject(&merged, decode_reason(error.class), &error.message);
+                    }
                     return;
                 }
                 decoded = fresh;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use breadcrumb_operators::{Header as OperatorHeader, Port};
-use breadcrumb_schemas::{Envelope, HeaderRef, RawRecord};
+use breadcrumb_schemas::{DecodeErrorClass, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::format::encode_input_offset;
 use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -197,6 +197,10 @@ impl Core {
     }
 
     /// The producer (for journal resolution and shutdown).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn producer(&self) -> &TransactionalProducer {
         &self.producer
     }
@@ -236,6 +240,16 @@ impl Core {
         self.begin_if_needed()?;
         let partition = message.partition();
         let offset = message.offset();
+        // Where an abort rewinds to is recorded before the record is processed: a record that
+        // fails half-way (a send error, a schema that cannot be fetched) must be read again.
+        self.positions
+            .entry((route_index, partition))
+            .or_insert(Position {
+                first_in_transaction: None,
+                last_processed: offset - 1,
+            })
+            .first_in_transaction
+            .get_or_insert(offset);
         let mut header_refs: SmallVec<[HeaderRef<'_>; 16]> = SmallVec::new();
         if let Some(message_headers) = message.headers() {
             for header in message_headers.iter() {
@@ -271,6 +285,9 @@ impl Core {
                 let pipeline = &mut pipelines[index];
                 let counts = &mut pipeline_counts[index];
                 match pipeline.decoder.decode(&record, envelope) {
+                    Err(error) if error.class == DecodeErrorClass::SchemaUnavailable => {
+                        return Err(EngineError::SchemaUnavailable(error.message));
+                    }
                     Err(error) => dead_letter(
                         producer,
                         dead_letter_topic,
@@ -316,6 +333,9 @@ impl Core {
                 let pipeline = &mut pipelines[index];
                 let counts = &mut pipeline_counts[index];
                 if let Err(error) = pipeline.decoder.decode(&record, envelope) {
+                    if error.class == DecodeErrorClass::SchemaUnavailable {
+                        return Err(EngineError::SchemaUnavailable(error.message));
+                    }
                     dead_letter(
                         producer,
                         dead_letter_topic,
@@ -361,15 +381,9 @@ impl Core {
             }
         }
 
-        let position = self
-            .positions
-            .entry((route_index, partition))
-            .or_insert(Position {
-                first_in_transaction: None,
-                last_processed: offset - 1,
-            });
-        position.first_in_transaction.get_or_insert(offset);
-        position.last_processed = offset;
+        if let Some(position) = self.positions.get_mut(&(route_index, partition)) {
+            position.last_processed = offset;
+        }
         self.route_counts[route_index] += 1;
         self.transaction_records += 1;
         Ok(())

@@ -271,6 +271,7 @@ fn process_until_shutdown(
     consumer: &BaseConsumer<EngineContext>,
     shutdown: &AtomicBool,
 ) -> Result<()> {
+    let mut schema_backoff = SCHEMA_BACKOFF_INITIAL;
     while !shutdown.load(Ordering::Acquire) {
         let message = consumer.poll(POLL_INTERVAL);
         let mut core = consumer.context().core.lock().expect("core lock poisoned");
@@ -278,17 +279,29 @@ fn process_until_shutdown(
             return Err(error);
         }
         match message {
-            Some(Ok(message)) => {
-                if let Err(error) = core.process(&message) {
-                    match error {
-                        EngineError::Kafka(kafka) => {
-                            tracing::warn!(error = %kafka, "Send failed; aborting the transaction.");
-                            core.abort(consumer, &[])?;
-                        }
-                        other => return Err(other),
-                    }
+            Some(Ok(message)) => match core.process(&message) {
+                Ok(()) => schema_backoff = SCHEMA_BACKOFF_INITIAL,
+                Err(EngineError::Kafka(kafka)) => {
+                    tracing::warn!(error = %kafka, "Send failed; aborting the transaction.");
+                    core.abort(consumer, &[])?;
                 }
-            }
+                Err(EngineError::SchemaUnavailable(reason)) => {
+                    // The record is good as far as anyone knows: rewind the transaction and
+                    // read it again later, never dead-letter it.
+                    core.abort(consumer, &[])?;
+                    core.metrics().schema_unavailable.inc();
+                    drop(core);
+                    tracing::warn!(
+                        %reason,
+                        retry_in_ms = schema_backoff.as_millis() as u64,
+                        "Schema source unavailable; transaction rewound, retrying."
+                    );
+                    sleep_unless_shutdown(schema_backoff, shutdown);
+                    schema_backoff = (schema_backoff * 2).min(SCHEMA_BACKOFF_MAX);
+                    continue;
+                }
+                Err(other) => return Err(other),
+            },
             Some(Err(error)) => {
                 tracing::warn!(%error, "Consumer error.");
             }
@@ -306,6 +319,23 @@ fn process_until_shutdown(
         core.maybe_commit(consumer)?;
     }
     Ok(())
+}
+
+/// First wait after a schema source failed to answer; doubled up to [`SCHEMA_BACKOFF_MAX`].
+const SCHEMA_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+/// Longest wait between retries of an unavailable schema source: well under librdkafka's
+/// `max.poll.interval.ms`, so the instance keeps its partitions through an outage.
+const SCHEMA_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+fn sleep_unless_shutdown(duration: Duration, shutdown: &AtomicBool) {
+    let deadline = std::time::Instant::now() + duration;
+    while !shutdown.load(Ordering::Acquire) {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+    }
 }
 
 /// Decides the transaction a previous incarnation left pending, from the group's committed

@@ -10,12 +10,12 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::chain::OperatorChain;
 use crate::config::{EngineConfig, PipelineConfig, RepartitionKey};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::metrics::Metrics;
 
 /// Reasons a record is dead-lettered: every decode class plus what operators and the
 /// repartition stage reject with. Indexes count dead letters per transaction without hashing.
-pub const DEAD_LETTER_REASONS: [&str; 9] = [
+pub const DEAD_LETTER_REASONS: [&str; 11] = [
     "missing_value",
     "invalid_utf8",
     "invalid_json",
@@ -24,6 +24,8 @@ pub const DEAD_LETTER_REASONS: [&str; 9] = [
     "invalid_trace_context",
     "unsupported_format",
     "oversized",
+    "invalid_avro",
+    "unknown_schema",
     "other",
 ];
 
@@ -245,7 +247,9 @@ pub fn compile(
         let output = pipeline_config.output_topic.clone();
         pipelines.push(Pipeline {
             name: name.clone(),
-            decoder: build_decoder(&pipeline_config.decoder),
+            decoder: build_decoder(&pipeline_config.decoder).map_err(|error| {
+                EngineError::Config(vec![format!("pipelines.{name}.decoder.{error}")])
+            })?,
             chain: OperatorChain::new(
                 operators
                     .into_iter()

@@ -123,6 +123,155 @@ impl JsonConfig {
     }
 }
 
+/// How an Avro value is framed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AvroWireFormat {
+    /// Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary body.
+    #[default]
+    Confluent,
+    /// A bare Avro binary body, every value written with `registry.schema_file`.
+    Raw,
+}
+
+/// Settings of the Avro decoder (`format = "avro"`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvroConfig {
+    /// How values are framed.
+    #[serde(default)]
+    pub wire_format: AvroWireFormat,
+    /// Where writer schemas come from.
+    pub registry: RegistryConfig,
+    /// Where the envelope fields are, as JSON pointers into the Avro record (`/order/id`: field
+    /// `id` of record field `order`; array items by index, map entries by key; unions are
+    /// transparent). Same keys and meaning as the JSON decoder's. `timestamp-millis`,
+    /// `timestamp-micros` and `date` fields are converted to milliseconds.
+    pub fields: JsonConfig,
+}
+
+/// Where the Avro decoder finds writer schemas.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of a Confluent-compatible Schema Registry (`http://registry:8081`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A directory of writer schemas named `<id>.avsc` or `<id>-<name>.avsc`, for setups without
+    /// a registry. Exclusive with `url`.
+    #[serde(default)]
+    pub directory: Option<String>,
+    /// The single writer schema of `wire_format = "raw"`.
+    #[serde(default)]
+    pub schema_file: Option<String>,
+    /// Registry user (HTTP basic authentication).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the registry password. Secrets are read from files only, never from the
+    /// configuration itself.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Timeout of one registry request, milliseconds.
+    #[serde(default = "default_registry_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Requests per schema lookup before the registry counts as unavailable (the engine then
+    /// pauses and retries; it never dead-letters a record because the registry is down).
+    #[serde(default = "default_registry_attempts")]
+    pub attempts: u32,
+    /// Wait before the second request, doubled for each further one, milliseconds.
+    #[serde(default = "default_registry_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Most schema ids kept compiled in memory.
+    #[serde(default = "default_max_cached_schemas")]
+    pub max_cached_schemas: usize,
+}
+
+impl RegistryConfig {
+    fn validate(
+        &self,
+        wire_format: AvroWireFormat,
+        key: &dyn Fn(&str) -> String,
+        problems: &mut Vec<String>,
+    ) {
+        match wire_format {
+            AvroWireFormat::Confluent => {
+                if self.url.is_some() == self.directory.is_some() {
+                    problems.push(format!(
+                        "{}: exactly one of `{}` and `{}` is required with wire_format = \"confluent\"",
+                        key("url"),
+                        key("url"),
+                        key("directory")
+                    ));
+                }
+                if self.schema_file.is_some() {
+                    problems.push(format!(
+                        "{}: only used with wire_format = \"raw\"",
+                        key("schema_file")
+                    ));
+                }
+            }
+            AvroWireFormat::Raw => {
+                if self.schema_file.is_none() {
+                    problems.push(format!(
+                        "{}: required with wire_format = \"raw\"",
+                        key("schema_file")
+                    ));
+                }
+                if self.url.is_some() || self.directory.is_some() {
+                    problems.push(format!(
+                        "{}: raw values carry no schema id; use schema_file instead of url or directory",
+                        key("url")
+                    ));
+                }
+            }
+        }
+        if let Some(url) = &self.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(format!(
+                    "{}: must start with http:// or https://",
+                    key("url")
+                ));
+            }
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            problems.push(format!(
+                "{}: set `{}` too",
+                key("password_file"),
+                key("username")
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            problems.push(format!("{}: must be positive", key("request_timeout_ms")));
+        }
+        if self.attempts == 0 {
+            problems.push(format!("{}: must be at least 1", key("attempts")));
+        }
+        if self.max_cached_schemas == 0 {
+            problems.push(format!("{}: must be at least 1", key("max_cached_schemas")));
+        }
+    }
+}
+
+/// 5 s.
+pub fn default_registry_request_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Three requests per lookup.
+pub fn default_registry_attempts() -> u32 {
+    3
+}
+
+/// 200 ms, then 400 ms.
+pub fn default_registry_retry_backoff_ms() -> u64 {
+    200
+}
+
+/// A thousand schema ids.
+pub fn default_max_cached_schemas() -> usize {
+    1_000
+}
+
 /// 1 MiB.
 pub fn default_max_value_bytes() -> usize {
     1_048_576
@@ -159,54 +308,62 @@ impl DecoderConfig {
                     &mut problems,
                 );
             }
-            DecoderConfig::Json(config) => {
-                check_pointer(&config.id_path, &key("id_path"), &mut problems);
-                let optional = [
-                    ("time_path", &config.time_path),
-                    ("source_path", &config.source_path),
-                    ("type_path", &config.type_path),
-                    ("subject_path", &config.subject_path),
-                    ("sequence_path", &config.sequence_path),
-                    ("traceparent_path", &config.traceparent_path),
-                    ("causation_id_path", &config.causation_id_path),
-                    ("correlation_id_path", &config.correlation_id_path),
-                ];
-                for (field, pointer) in optional {
-                    if let Some(pointer) = pointer {
-                        check_pointer(pointer, &key(field), &mut problems);
-                    }
-                }
-                if config.traceparent_header.is_empty() {
-                    problems.push(format!("{}: must not be empty", key("traceparent_header")));
-                }
-                for (name, pointer) in &config.attributes {
-                    if name.is_empty() {
-                        problems.push(format!(
-                            "{}: attribute names must not be empty",
-                            key("attributes")
-                        ));
-                    } else if BUILT_IN_FIELD_NAMES.contains(&name.as_str()) {
-                        problems.push(format!(
-                            "{}.{name}: `{name}` is a built-in envelope field; choose another \
-                             attribute name",
-                            key("attributes")
-                        ));
-                    }
-                    check_pointer(
-                        pointer,
-                        &format!("{}.{name}", key("attributes")),
-                        &mut problems,
-                    );
-                }
-                check_max_value_bytes(
-                    config.max_value_bytes,
-                    &key("max_value_bytes"),
+            DecoderConfig::Json(config) => validate_fields(config, &key, &mut problems),
+            DecoderConfig::Avro(config) => {
+                validate_fields(
+                    &config.fields,
+                    &|field| key(&format!("fields.{field}")),
+                    &mut problems,
+                );
+                config.registry.validate(
+                    config.wire_format,
+                    &|field| key(&format!("registry.{field}")),
                     &mut problems,
                 );
             }
         }
         problems
     }
+}
+
+/// The path fields shared by the JSON and Avro decoders. `key` turns a field name into its full
+/// configuration key.
+fn validate_fields(config: &JsonConfig, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
+    check_pointer(&config.id_path, &key("id_path"), problems);
+    let optional = [
+        ("time_path", &config.time_path),
+        ("source_path", &config.source_path),
+        ("type_path", &config.type_path),
+        ("subject_path", &config.subject_path),
+        ("sequence_path", &config.sequence_path),
+        ("traceparent_path", &config.traceparent_path),
+        ("causation_id_path", &config.causation_id_path),
+        ("correlation_id_path", &config.correlation_id_path),
+    ];
+    for (field, pointer) in optional {
+        if let Some(pointer) = pointer {
+            check_pointer(pointer, &key(field), problems);
+        }
+    }
+    if config.traceparent_header.is_empty() {
+        problems.push(format!("{}: must not be empty", key("traceparent_header")));
+    }
+    for (name, pointer) in &config.attributes {
+        if name.is_empty() {
+            problems.push(format!(
+                "{}: attribute names must not be empty",
+                key("attributes")
+            ));
+        } else if BUILT_IN_FIELD_NAMES.contains(&name.as_str()) {
+            problems.push(format!(
+                "{}.{name}: `{name}` is a built-in envelope field; choose another \
+                 attribute name",
+                key("attributes")
+            ));
+        }
+        check_pointer(pointer, &format!("{}.{name}", key("attributes")), problems);
+    }
+    check_max_value_bytes(config.max_value_bytes, &key("max_value_bytes"), problems);
 }
 
 fn check_max_value_bytes(value: usize, key: &str, problems: &mut Vec<String>) {
@@ -321,8 +478,8 @@ mod tests {
 
     #[test]
     fn bad_tags_and_missing_required_keys_are_rejected() {
-        let error = parse(json!({ "format": "avro" })).unwrap_err();
-        assert!(error.contains("unknown variant `avro`"), "{error}");
+        let error = parse(json!({ "format": "protobuf" })).unwrap_err();
+        assert!(error.contains("unknown variant `protobuf`"), "{error}");
         let error = parse(json!({ "id_path": "/id" })).unwrap_err();
         assert!(error.contains("missing field `format`"), "{error}");
         let error = parse(json!({ "format": "json" })).unwrap_err();

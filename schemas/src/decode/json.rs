@@ -1,44 +1,19 @@
 //! Plain JSON values, with the envelope fields read at configured JSON pointers.
 
-use std::fmt::Write as _;
-
 use smallvec::SmallVec;
 
-use super::common::{
-    check_size, fallback_time, header_as_str, invalid_json, parse_rfc3339_ms, scalar_to_sequence,
-    value_as_str, Scalar,
-};
-use super::config::{JsonConfig, TimeFallback};
+use super::common::{check_size, invalid_json, value_as_str, Scalar};
+use super::config::JsonConfig;
+use super::fields::FieldMap;
 use super::pointer::{CaptureError, PathTree};
 use super::Decoder;
-use crate::{DecodeError, DecodeErrorClass, Envelope, RawRecord, TraceContext};
-
-/// A configured pointer: its slot in the [`PathTree`] and its text, for messages.
-#[derive(Debug, Clone)]
-struct Path {
-    slot: usize,
-    /// The configuration key and the pointer, for messages: id_path `/payment/id`.
-    label: String,
-}
+use crate::{DecodeError, DecodeErrorClass, Envelope, RawRecord};
 
 /// Decodes JSON values by reading the configured JSON pointers in one pass over the value.
 #[derive(Debug)]
 pub struct JsonDecoder {
     tree: PathTree,
-    id: Path,
-    time: Option<Path>,
-    source: Option<Path>,
-    event_type: Option<Path>,
-    subject: Option<Path>,
-    sequence: Option<Path>,
-    traceparent: Option<Path>,
-    causation_id: Option<Path>,
-    correlation_id: Option<Path>,
-    /// Attribute name and slot, in configuration (name) order.
-    attributes: Vec<(String, usize)>,
-    traceparent_header: String,
-    max_value_bytes: usize,
-    time_fallback: TimeFallback,
+    fields: FieldMap,
 }
 
 impl JsonDecoder {
@@ -46,43 +21,8 @@ impl JsonDecoder {
     /// pointer not starting with `/` simply never matches.
     pub fn new(config: &JsonConfig) -> Self {
         let mut tree = PathTree::default();
-        let mut path = |key: &str, pointer: &str| Path {
-            slot: tree.add(pointer),
-            label: format!("{key} `{pointer}`"),
-        };
-        let id = path("id_path", &config.id_path);
-        let mut optional = |key: &str, pointer: &Option<String>| {
-            pointer.as_deref().map(|pointer| path(key, pointer))
-        };
-        let time = optional("time_path", &config.time_path);
-        let source = optional("source_path", &config.source_path);
-        let event_type = optional("type_path", &config.type_path);
-        let subject = optional("subject_path", &config.subject_path);
-        let sequence = optional("sequence_path", &config.sequence_path);
-        let traceparent = optional("traceparent_path", &config.traceparent_path);
-        let causation_id = optional("causation_id_path", &config.causation_id_path);
-        let correlation_id = optional("correlation_id_path", &config.correlation_id_path);
-        let attributes = config
-            .attributes
-            .iter()
-            .map(|(name, pointer)| (name.clone(), tree.add(pointer)))
-            .collect();
-        Self {
-            tree,
-            id,
-            time,
-            source,
-            event_type,
-            subject,
-            sequence,
-            traceparent,
-            causation_id,
-            correlation_id,
-            attributes,
-            traceparent_header: config.traceparent_header.clone(),
-            max_value_bytes: config.max_value_bytes,
-            time_fallback: config.time_fallback,
-        }
+        let fields = FieldMap::new(config, &mut tree);
+        Self { tree, fields }
     }
 }
 
@@ -91,7 +31,7 @@ impl Decoder for JsonDecoder {
         let value = record.value.ok_or_else(|| {
             DecodeError::new(DecodeErrorClass::MissingValue, "record has no value")
         })?;
-        check_size(value, self.max_value_bytes)?;
+        check_size(value, self.fields.max_value_bytes())?;
         let text = value_as_str(value)?;
 
         let mut slots: SmallVec<[Scalar<'_>; 16]> =
@@ -105,147 +45,14 @@ impl Decoder for JsonDecoder {
                     format!("key `{pointer}` appears more than once"),
                 ),
             })?;
-        let at = |path: &Path| slots.get(path.slot).unwrap_or(&Scalar::Missing);
-
-        // Id: required, a non-empty string or an integer.
-        let id = at(&self.id);
-        if matches!(id, Scalar::Missing | Scalar::Null)
-            || matches!(id, Scalar::Str(text) if text.is_empty())
-        {
-            return Err(DecodeError::new(
-                DecodeErrorClass::MissingField,
-                format!("{} is absent or empty", self.id.label),
-            ));
-        }
-        push_text(id, &self.id, &mut out.id)?;
-
-        out.event_time_ms = match self.time.as_ref().map(|path| (path, at(path))) {
-            None => fallback_time(self.time_fallback, record, "event time (no time_path)")?,
-            Some((path, value)) if value.is_absent() => {
-                fallback_time(self.time_fallback, record, &path.label)?
-            }
-            Some((path, value)) => time_ms(value).ok_or_else(|| {
-                DecodeError::new(
-                    DecodeErrorClass::InvalidField,
-                    format!(
-                        "{} must be an RFC 3339 timestamp or an integer of milliseconds since \
-                         the epoch",
-                        path.label
-                    ),
-                )
-            })?,
-        };
-
-        for (path, field) in [
-            (&self.source, &mut out.source),
-            (&self.event_type, &mut out.event_type),
-            (&self.subject, &mut out.subject),
-            (&self.causation_id, &mut out.causation_id),
-            (&self.correlation_id, &mut out.correlation_id),
-        ] {
-            if let Some(path) = path {
-                push_text(at(path), path, field)?;
-            }
-        }
-
-        if let Some(path) = &self.sequence {
-            let value = at(path);
-            if !value.is_absent() {
-                out.sequence = Some(scalar_to_sequence(value).ok_or_else(|| {
-                    DecodeError::new(
-                        DecodeErrorClass::InvalidField,
-                        format!(
-                            "{} must be a non-negative integer or a string of decimal digits",
-                            path.label
-                        ),
-                    )
-                })?);
-            }
-        }
-
-        out.trace = self.trace(
-            record,
-            self.traceparent.as_ref().map(|path| (path, at(path))),
-        )?;
-
-        for (name, slot) in &self.attributes {
-            if let Some(value) = slots.get(*slot).and_then(Scalar::to_attribute) {
-                out.attributes.push((name.clone(), value));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl JsonDecoder {
-    /// The trace context from the configured path, or else from the configured header.
-    fn trace(
-        &self,
-        record: &RawRecord<'_>,
-        from_path: Option<(&Path, &Scalar<'_>)>,
-    ) -> Result<Option<TraceContext>, DecodeError> {
-        let invalid = |what: &str| {
-            DecodeError::new(
-                DecodeErrorClass::InvalidTraceContext,
-                format!("{what} is not a valid W3C traceparent"),
-            )
-        };
-        match from_path {
-            Some((_, value)) if value.is_absent() => {}
-            Some((path, Scalar::Str(text))) => {
-                return TraceContext::parse_traceparent(text.as_bytes())
-                    .map(Some)
-                    .ok_or_else(|| invalid(&path.label));
-            }
-            Some((path, _)) => return Err(invalid(&path.label)),
-            None => {}
-        }
-        let Some(value) = record.header(&self.traceparent_header) else {
-            return Ok(None);
-        };
-        let text = header_as_str(&self.traceparent_header, value)?;
-        TraceContext::parse_traceparent(text.as_bytes())
-            .map(Some)
-            .ok_or_else(|| invalid(&format!("header `{}`", self.traceparent_header)))
-    }
-}
-
-/// Appends a string, or an integer as its decimal text; absent or null appends nothing.
-fn push_text(value: &Scalar<'_>, path: &Path, field: &mut String) -> Result<(), DecodeError> {
-    match value {
-        Scalar::Missing | Scalar::Null => {}
-        Scalar::Str(text) => field.push_str(text),
-        // Writing into a String cannot fail.
-        Scalar::I64(number) => {
-            let _ = write!(field, "{number}");
-        }
-        Scalar::U64(number) => {
-            let _ = write!(field, "{number}");
-        }
-        Scalar::F64(_) | Scalar::Bool(_) | Scalar::Object | Scalar::Array => {
-            return Err(DecodeError::new(
-                DecodeErrorClass::InvalidField,
-                format!("{} must be a string or an integer", path.label),
-            ))
-        }
-    }
-    Ok(())
-}
-
-/// An RFC 3339 string or an integer of epoch milliseconds.
-fn time_ms(value: &Scalar<'_>) -> Option<i64> {
-    match value {
-        Scalar::Str(text) => parse_rfc3339_ms(text),
-        Scalar::I64(number) => Some(*number),
-        Scalar::U64(number) => i64::try_from(*number).ok(),
-        _ => None,
+        self.fields.fill(record, &slots, out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AttributeValue, DecoderConfig};
+    use crate::{AttributeValue, DecoderConfig, TimeFallback, TraceContext};
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     const OTHER_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
@@ -599,7 +406,7 @@ mod tests {
         }))
         .unwrap();
         assert!(config.validate("d").is_empty());
-        let decoder = crate::build_decoder(&config);
+        let decoder = crate::build_decoder(&config).unwrap();
         let mut out = Envelope::default();
         decoder
             .decode(

@@ -16,22 +16,23 @@ pub(crate) struct PathTree {
     slot_count: usize,
 }
 
+/// A position in the trie: the slots whose pointer ends here and the tokens that go deeper.
 #[derive(Debug, Default)]
-struct Node {
+pub(crate) struct Node {
     /// Slots filled with the value found at this node.
-    slots: Vec<usize>,
-    children: Vec<Child>,
+    pub(crate) slots: Vec<usize>,
+    pub(crate) children: Vec<Child>,
 }
 
 #[derive(Debug)]
-struct Child {
+pub(crate) struct Child {
     /// The unescaped reference token (object member name or array index).
-    token: String,
+    pub(crate) token: String,
     /// The token as an array index, when it is one (`0` or digits without a leading zero).
-    index: Option<usize>,
+    pub(crate) index: Option<usize>,
     /// The pointer up to and including this token, for messages.
-    pointer: String,
-    node: Node,
+    pub(crate) pointer: String,
+    pub(crate) node: Node,
 }
 
 /// Why [`PathTree::capture`] failed.
@@ -75,6 +76,11 @@ impl PathTree {
         }
         node.slots.push(slot);
         slot
+    }
+
+    /// The trie's root: the slots of the empty pointer (the whole value) and the first tokens.
+    pub(crate) fn root(&self) -> &Node {
+        &self.root
     }
 
     /// How many slots have been handed out.
