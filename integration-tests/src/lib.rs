@@ -29,6 +29,7 @@
 
 mod broker;
 mod kafka;
+mod registry;
 
 pub use broker::{nisshi_binary, Broker, BrokerOptions, Storage};
 pub use kafka::{
@@ -36,3 +37,4 @@ pub use kafka::{
     describe_topic_config, partition_count, produce, unique_name, watermarks, ConsumedRecord,
     TestRecord,
 };
+pub use registry::SchemaRegistry;

@@ -50,6 +50,8 @@ pub struct Scenario {
     pub dead_letter_topic: String,
     pub commit_interval_ms: u64,
     pub repartition_by: Option<&'static str>,
+    /// The body of `[pipelines.payments.decoder]` (its keys, then any sub-tables).
+    pub decoder_toml: String,
     /// TOML appended to the pipeline's configuration (e.g. an `[pipelines.payments.ordering]`
     /// table).
     pub extra_toml: String,
@@ -67,6 +69,7 @@ impl Scenario {
             application_id,
             commit_interval_ms: 100,
             repartition_by: None,
+            decoder_toml: "format = \"cloudevents\"".to_owned(),
             extra_toml: String::new(),
         }
     }
@@ -108,9 +111,10 @@ output_topic = "{output}"
 duplicates_topic = "{duplicates}"
 {repartition}
 [pipelines.payments.decoder]
-format = "cloudevents"
+{decoder}
 {extra}
 "#,
+            decoder = self.decoder_toml,
             extra = self.extra_toml,
             app = self.application_id,
             commit = self.commit_interval_ms,
