@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages breadcrumb's build needs, if they are missing:
-# libclang (bindgen for RocksDB), OpenSSL headers and pkg-config (librdkafka with TLS/SASL).
+# libclang (bindgen for RocksDB), OpenSSL headers and pkg-config (librdkafka with TLS/SASL), and
+# the openssl command (the TLS test makes its own certificate authority).
 set -euo pipefail
 
 missing=()
-for package in libclang-dev libssl-dev pkg-config; do
+for package in libclang-dev libssl-dev pkg-config openssl; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -eq 0 ]; then

@@ -129,6 +129,12 @@ pub struct EngineConfig {
     /// environment overrides, `_` stands for `.` (`BREADCRUMB__KAFKA__BOOTSTRAP_SERVERS`).
     #[serde(default)]
     pub kafka: BTreeMap<String, String>,
+    /// librdkafka properties whose values are read from files at start-up: property → file
+    /// path (`"sasl.password" = "/run/secrets/kafka-password"`). For secrets, which belong in
+    /// files or the environment, never in the configuration file itself. A trailing newline is
+    /// removed. A property may not be set both here and in `[kafka]`.
+    #[serde(default)]
+    pub kafka_secret_files: BTreeMap<String, PathBuf>,
     /// Local state.
     #[serde(default)]
     pub state: StateConfig,
@@ -324,18 +330,53 @@ impl EngineConfig {
         let mut tree: serde_json::Value = layered
             .try_deserialize()
             .map_err(|error| EngineError::Config(vec![error.to_string()]))?;
-        if let Some(kafka) = tree.get_mut("kafka") {
-            let mut flat = serde_json::Map::new();
-            flatten_kafka(kafka, "", &mut flat);
-            *kafka = serde_json::Value::Object(flat);
+        for table in ["kafka", "kafka_secret_files"] {
+            if let Some(kafka) = tree.get_mut(table) {
+                let mut flat = serde_json::Map::new();
+                flatten_kafka(kafka, "", &mut flat);
+                *kafka = serde_json::Value::Object(flat);
+            }
         }
-        let config: EngineConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
+        let mut config: EngineConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
             let path = error.path().to_string();
-            EngineError::Config(vec![format!("{path}: {}", error.inner())])
+            EngineError::Config(vec![redact_config_error(&format!(
+                "{path}: {}",
+                error.inner()
+            ))])
         })?;
+        config.read_secret_files()?;
         let errors = config.validate();
         if errors.is_empty() {
             Ok(config)
+        } else {
+            Err(EngineError::Config(errors))
+        }
+    }
+
+    /// Moves the contents of `kafka_secret_files` into `kafka`. Errors name the property and
+    /// the file, never what the file holds.
+    fn read_secret_files(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        for (property, path) in &self.kafka_secret_files {
+            if self.kafka.contains_key(property) {
+                errors.push(format!(
+                    "kafka_secret_files.\"{property}\": also set in [kafka]; keep one"
+                ));
+                continue;
+            }
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let value = text.trim_end_matches(['\n', '\r']).to_owned();
+                    self.kafka.insert(property.clone(), value);
+                }
+                Err(error) => errors.push(format!(
+                    "kafka_secret_files.\"{property}\": cannot read {}: {error}",
+                    path.display()
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
         } else {
             Err(EngineError::Config(errors))
         }

@@ -63,6 +63,8 @@ pub struct BrokerOptions {
     pub startup_timeout: Duration,
     /// Extra arguments appended to `nisshi broker ...`.
     pub extra_args: Vec<OsString>,
+    /// librdkafka settings the readiness probe needs to talk to the broker (TLS, SASL).
+    pub client_settings: Vec<(String, String)>,
 }
 
 impl Default for BrokerOptions {
@@ -73,6 +75,7 @@ impl Default for BrokerOptions {
             group_poll_interval: Duration::from_millis(100),
             startup_timeout: Duration::from_secs(30),
             extra_args: Vec::new(),
+            client_settings: Vec::new(),
         }
     }
 }
@@ -202,6 +205,32 @@ impl Broker {
     /// the same port with the same storage.
     /// With [`Storage::Sqlite`] the topics, records and committed offsets survive; with
     /// [`Storage::Memory`] they do not.
+    /// The options the next [`Broker::restart`] uses (e.g. to turn TLS and authentication on
+    /// once users exist).
+    pub fn options_mut(&mut self) -> &mut BrokerOptions {
+        &mut self.options
+    }
+
+    /// Creates a SCRAM user (`nisshi user create`); the broker must not require TLS or
+    /// authentication yet (the `user` client speaks neither).
+    pub fn create_user(&self, name: &str, password: &str, mechanism: &str) -> Result<()> {
+        let output = Command::new(&self.bin)
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--mechanism", mechanism, name, password])
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .context("running nisshi user create")?;
+        if !output.status.success() {
+            bail!(
+                "nisshi user create failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
         self.note("restarting");
@@ -336,7 +365,11 @@ impl Broker {
         }
 
         // 2. It answers a Kafka metadata request.
-        let consumer: BaseConsumer = base_config(&self.bootstrap())
+        let mut probe = base_config(&self.bootstrap());
+        for (key, value) in &self.options.client_settings {
+            probe.set(key, value);
+        }
+        let consumer: BaseConsumer = probe
             .set("reconnect.backoff.ms", "50")
             .set("reconnect.backoff.max.ms", "250")
             .create()

@@ -23,12 +23,36 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// `consume_all` stops once it has enough records and nothing new arrived for this long.
 const QUIET: Duration = Duration::from_secs(1);
 
-/// A `ClientConfig` with `bootstrap.servers` and IPv4 only (Nisshi listens on 127.0.0.1).
+/// Client settings registered per bootstrap address (a secured broker's TLS and SASL
+/// settings), applied by [`base_config`] so every helper can talk to that broker. Keyed by
+/// address, so tests sharing a process never see each other's settings.
+static CLIENT_SETTINGS: Mutex<BTreeMap<String, Vec<(String, String)>>> =
+    Mutex::new(BTreeMap::new());
+
+/// Makes every helper connect to `bootstrap` with `settings` added (e.g. `security.protocol`).
+pub fn register_client_settings(bootstrap: &str, settings: &[(String, String)]) {
+    CLIENT_SETTINGS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(bootstrap.to_owned(), settings.to_vec());
+}
+
+/// A `ClientConfig` with `bootstrap.servers`, IPv4 only (Nisshi listens on 127.0.0.1), and any
+/// settings registered for this address.
 pub fn base_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4");
+    if let Some(settings) = CLIENT_SETTINGS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(bootstrap)
+    {
+        for (key, value) in settings {
+            config.set(key, value);
+        }
+    }
     config
 }
 

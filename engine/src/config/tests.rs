@@ -123,3 +123,45 @@ fn config_example_file_in_the_repository_is_valid() {
     let text = std::fs::read_to_string(&path).unwrap();
     EngineConfig::from_toml(&text).unwrap();
 }
+
+#[test]
+fn config_secrets_come_from_files_and_errors_never_show_them() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let secret = dir.path().join("kafka-password");
+    std::fs::write(&secret, "s3cret-canary\n").unwrap();
+    let text = |path: &std::path::Path| {
+        MINIMAL
+            .replace("\"sasl.password\" = \"hunter2\"\n", "")
+            .replace(
+                "[pipelines.payments]",
+                &format!(
+                    "[kafka_secret_files]\n\"sasl.password\" = \"{}\"\n\n[pipelines.payments]",
+                    path.display()
+                ),
+            )
+    };
+    let config = EngineConfig::from_toml(&text(&secret)).unwrap();
+    assert_eq!(
+        config.kafka.get("sasl.password").map(String::as_str),
+        Some("s3cret-canary"),
+        "read from the file, trailing newline removed"
+    );
+    assert!(!format!("{:?}", redacted_kafka(&config.kafka)).contains("s3cret-canary"));
+
+    let error = EngineConfig::from_toml(&text(&dir.path().join("missing")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("kafka_secret_files.\"sasl.password\": cannot read"),
+        "{error}"
+    );
+
+    // Set in both places: refused, without echoing either value.
+    let both = text(&secret).replace(
+        "\"bootstrap.servers\" = \"localhost:9092\"",
+        "\"bootstrap.servers\" = \"localhost:9092\"\n\"sasl.password\" = \"inline-canary\"",
+    );
+    let error = EngineConfig::from_toml(&both).unwrap_err().to_string();
+    assert!(error.contains("also set in [kafka]"), "{error}");
+    assert!(!error.contains("canary"), "{error}");
+}

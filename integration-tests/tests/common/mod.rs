@@ -52,6 +52,9 @@ pub struct Scenario {
     pub repartition_by: Option<&'static str>,
     /// The body of `[pipelines.payments.decoder]` (its keys, then any sub-tables).
     pub decoder_toml: String,
+    /// TOML added after the `[kafka]` table's keys: more librdkafka keys, then possibly other
+    /// top-level tables (`[kafka_secret_files]`).
+    pub kafka_toml: String,
     /// TOML appended to the pipeline's configuration (e.g. an `[pipelines.payments.ordering]`
     /// table).
     pub extra_toml: String,
@@ -70,6 +73,7 @@ impl Scenario {
             commit_interval_ms: 100,
             repartition_by: None,
             decoder_toml: "format = \"cloudevents\"".to_owned(),
+            kafka_toml: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -95,6 +99,7 @@ transaction_timeout_ms = 10000
 [kafka]
 "bootstrap.servers" = "{bootstrap}"
 "broker.address.family" = "v4"
+{kafka_extra}
 
 [state]
 dir = "{state}"
@@ -115,6 +120,7 @@ duplicates_topic = "{duplicates}"
 {extra}
 "#,
             decoder = self.decoder_toml,
+            kafka_extra = self.kafka_toml,
             extra = self.extra_toml,
             app = self.application_id,
             commit = self.commit_interval_ms,
