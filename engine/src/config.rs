@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use breadcrumb_operators::dedupe::DedupeConfig;
 use breadcrumb_operators::ordering::OrderingConfig;
+use breadcrumb_operators::pii::PiiConfig;
 use breadcrumb_schemas::DecoderConfig;
 use serde::{Deserialize, Serialize};
 
@@ -259,6 +260,10 @@ pub struct PipelineConfig {
     /// The dedupe operator.
     #[serde(default)]
     pub dedupe: DedupeConfig,
+    /// Personal data rewriting, run first in the chain; absent: records pass as they are. With
+    /// it, the pipeline's dead letters carry no key, value or original headers.
+    #[serde(default)]
+    pub pii: Option<PiiConfig>,
     /// The ordering operator, run after dedupe in the same transaction; absent: no ordering.
     #[serde(default)]
     pub ordering: Option<OrderingConfig>,
@@ -470,6 +475,14 @@ impl EngineConfig {
             }
             errors.extend(pipeline.decoder.validate(&format!("{prefix}.decoder")));
             errors.extend(pipeline.dedupe.validate(&format!("{prefix}.dedupe")));
+            if let Some(pii) = &pipeline.pii {
+                errors.extend(pii.validate(&format!("{prefix}.pii")));
+                if !pii.fields.is_empty() && matches!(pipeline.decoder, DecoderConfig::Avro(_)) {
+                    errors.push(format!(
+                        "{prefix}.pii.fields: rewrites JSON values only; this pipeline decodes Avro (use `headers` and `key` rules, or rewrite upstream)"
+                    ));
+                }
+            }
             match &pipeline.ordering {
                 Some(ordering) => {
                     errors.extend(ordering.validate(&format!("{prefix}.ordering")));

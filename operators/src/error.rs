@@ -17,6 +17,10 @@ pub enum OperatorError {
         operator: String,
         reason: &'static str,
     },
+    /// The operator's configuration names a file it cannot use. `key` is relative to the
+    /// operator's table; the message never contains the file's content.
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
     /// The operator was handed a partition it was never opened for.
     #[error("operator `{operator}`: partition {partition} is not open")]
     PartitionNotOpen { operator: String, partition: i32 },

@@ -292,6 +292,7 @@ impl Core {
                         producer,
                         dead_letter_topic,
                         &pipeline.name,
+                        pipeline.withhold_dead_letter_payload,
                         &record,
                         decode_reason(error.class),
                         &error.message,
@@ -309,6 +310,7 @@ impl Core {
                                 producer,
                                 dead_letter_topic,
                                 &pipeline.name,
+                                pipeline.withhold_dead_letter_payload,
                                 &record,
                                 "missing_field",
                                 "the repartition key field is absent",
@@ -340,6 +342,7 @@ impl Core {
                         producer,
                         dead_letter_topic,
                         &pipeline.name,
+                        pipeline.withhold_dead_letter_payload,
                         &record,
                         decode_reason(error.class),
                         &error.message,
@@ -363,6 +366,7 @@ impl Core {
                         last_operator: pipeline.chain.len() - 1,
                         dead_letter_topic,
                         pipeline: &pipeline.name,
+                        withhold_payload: pipeline.withhold_dead_letter_payload,
                         add_source_headers,
                         counts,
                         error: None,
@@ -442,6 +446,7 @@ impl Core {
                 last_operator: pipeline.chain.len() - 1,
                 dead_letter_topic,
                 pipeline: &pipeline.name,
+                withhold_payload: pipeline.withhold_dead_letter_payload,
                 add_source_headers,
                 counts: &mut pipeline_counts[index],
                 error: None,
@@ -939,6 +944,8 @@ struct Publisher<'a> {
     last_operator: usize,
     dead_letter_topic: &'a str,
     pipeline: &'a str,
+    /// Dead letters carry coordinates only (the pipeline rewrites personal data).
+    withhold_payload: bool,
     add_source_headers: bool,
     counts: &'a mut PipelineCounts,
     error: Option<KafkaError>,
@@ -986,6 +993,7 @@ impl Sink for Publisher<'_> {
             self.producer,
             self.dead_letter_topic,
             self.pipeline,
+            self.withhold_payload,
             record,
             reason,
             message,
@@ -1060,6 +1068,7 @@ fn dead_letter(
     producer: &TransactionalProducer,
     topic: &str,
     pipeline: &str,
+    withhold_payload: bool,
     record: &RawRecord<'_>,
     reason: &'static str,
     message: &str,
@@ -1068,6 +1077,20 @@ fn dead_letter(
     counts: &mut PipelineCounts,
 ) -> std::result::Result<(), KafkaError> {
     counts.dead_letters[dead_letter_reason_index(reason)] += 1;
+    // A pipeline that rewrites personal data cannot rewrite what it could not read: its dead
+    // letters keep only their coordinates (the source record stays where it was).
+    let withheld;
+    let record = if withhold_payload {
+        withheld = RawRecord {
+            key: None,
+            value: None,
+            headers: &[],
+            ..*record
+        };
+        &withheld
+    } else {
+        record
+    };
     send_record(
         producer,
         topic,

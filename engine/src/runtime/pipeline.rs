@@ -3,6 +3,7 @@
 
 use breadcrumb_operators::dedupe::Dedupe;
 use breadcrumb_operators::ordering::{Ordering, OrderingMetrics};
+use breadcrumb_operators::pii::Pii;
 use breadcrumb_operators::{Operator, Port};
 use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, Envelope};
 use breadcrumb_state::{StateBackend, StoreId};
@@ -77,6 +78,9 @@ pub struct PipelineMetrics {
 /// A compiled pipeline.
 pub struct Pipeline {
     pub name: String,
+    /// Dead letters keep only their coordinates and reason: set when the pipeline rewrites
+    /// personal data, which it cannot do for a record it could not read.
+    pub withhold_dead_letter_payload: bool,
     pub decoder: Box<dyn Decoder>,
     pub chain: OperatorChain,
     /// Stores of the chain's operators, in chain and declaration order, with their changelog
@@ -99,6 +103,7 @@ pub fn port_index(port: Port) -> usize {
 /// The operators a pipeline chains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OperatorKind {
+    Pii,
     Dedupe,
     Ordering,
 }
@@ -109,11 +114,20 @@ fn build_operators(
     name: &str,
     pipeline: &PipelineConfig,
     metrics: Option<&Metrics>,
-) -> Vec<(OperatorKind, Box<dyn Operator>)> {
-    let mut operators: Vec<(OperatorKind, Box<dyn Operator>)> = vec![(
+) -> Result<Vec<(OperatorKind, Box<dyn Operator>)>> {
+    let mut operators: Vec<(OperatorKind, Box<dyn Operator>)> = Vec::new();
+    // PII runs first, so no other operator, output or changelog sees the original values. It
+    // keeps no state, so it is left out when only the declared stores are wanted (and its key
+    // file is then not read).
+    if let (Some(pii), Some(_)) = (&pipeline.pii, metrics) {
+        let operator = Pii::new(pii)
+            .map_err(|error| EngineError::Config(vec![format!("pipelines.{name}.pii.{error}")]))?;
+        operators.push((OperatorKind::Pii, Box::new(operator)));
+    }
+    operators.push((
         OperatorKind::Dedupe,
         Box::new(Dedupe::new(name, pipeline.dedupe.clone())),
-    )];
+    ));
     if let Some(ordering) = &pipeline.ordering {
         let ordering_metrics = match metrics {
             Some(metrics) => OrderingMetrics {
@@ -127,7 +141,7 @@ fn build_operators(
             Box::new(Ordering::new(name, ordering.clone(), ordering_metrics)),
         ));
     }
-    operators
+    Ok(operators)
 }
 
 /// Counters for what each operator of the chain emits, by port.
@@ -141,6 +155,7 @@ fn port_counters(
         .map(|(kind, _)| {
             let mut counters: [Option<IntCounter>; Port::ALL.len()] = Default::default();
             match kind {
+                OperatorKind::Pii => {}
                 OperatorKind::Dedupe => {
                     counters[Port::Duplicates.index()] =
                         Some(metrics.duplicates.with_label_values(&[name]));
@@ -181,6 +196,7 @@ pub fn declared_store_names(config: &EngineConfig) -> Vec<String> {
 /// The store names one pipeline declares.
 pub fn declared_store_names_of(name: &str, pipeline: &PipelineConfig) -> Vec<String> {
     build_operators(name, pipeline, None)
+        .unwrap_or_default()
         .iter()
         .flat_map(|(_, operator)| operator.stores())
         .map(|store| store.name)
@@ -196,7 +212,7 @@ pub fn compile(
     let mut pipelines = Vec::new();
     let mut routes = Vec::new();
     for (index, (name, pipeline_config)) in config.pipelines.iter().enumerate() {
-        let operators = build_operators(name, pipeline_config, Some(metrics));
+        let operators = build_operators(name, pipeline_config, Some(metrics))?;
         let ports = port_counters(name, &operators, metrics);
         let waiting = operators
             .iter()
@@ -247,6 +263,7 @@ pub fn compile(
         let output = pipeline_config.output_topic.clone();
         pipelines.push(Pipeline {
             name: name.clone(),
+            withhold_dead_letter_payload: pipeline_config.pii.is_some(),
             decoder: build_decoder(&pipeline_config.decoder).map_err(|error| {
                 EngineError::Config(vec![format!("pipelines.{name}.decoder.{error}")])
             })?,

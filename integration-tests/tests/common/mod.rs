@@ -52,6 +52,8 @@ pub struct Scenario {
     pub repartition_by: Option<&'static str>,
     /// The body of `[pipelines.payments.decoder]` (its keys, then any sub-tables).
     pub decoder_toml: String,
+    /// Serve `/metrics` on this loopback port; `None`: no HTTP endpoint.
+    pub http_port: Option<u16>,
     /// TOML added after the `[kafka]` table's keys: more librdkafka keys, then possibly other
     /// top-level tables (`[kafka_secret_files]`).
     pub kafka_toml: String,
@@ -74,6 +76,7 @@ impl Scenario {
             repartition_by: None,
             decoder_toml: "format = \"cloudevents\"".to_owned(),
             kafka_toml: String::new(),
+            http_port: None,
             extra_toml: String::new(),
         }
     }
@@ -105,7 +108,7 @@ transaction_timeout_ms = 10000
 dir = "{state}"
 
 [http]
-enabled = false
+{http}
 
 [logging]
 level = "info,librdkafka=warn,rdkafka=warn"
@@ -121,6 +124,10 @@ duplicates_topic = "{duplicates}"
 "#,
             decoder = self.decoder_toml,
             kafka_extra = self.kafka_toml,
+            http = match self.http_port {
+                Some(port) => format!("enabled = true\nlisten_address = \"127.0.0.1:{port}\""),
+                None => "enabled = false".to_owned(),
+            },
             extra = self.extra_toml,
             app = self.application_id,
             commit = self.commit_interval_ms,
