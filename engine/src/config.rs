@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use breadcrumb_operators::dedupe::DedupeConfig;
 use breadcrumb_operators::ordering::OrderingConfig;
 use breadcrumb_operators::pii::PiiConfig;
-use breadcrumb_schemas::DecoderConfig;
+use breadcrumb_schemas::{DecoderConfig, RegistryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -136,6 +136,9 @@ pub struct EngineConfig {
     /// removed. A property may not be set both here and in `[kafka]`.
     #[serde(default)]
     pub kafka_secret_files: BTreeMap<String, PathBuf>,
+    /// How generated records (gap records) are encoded.
+    #[serde(default)]
+    pub generated_records: GeneratedRecordsConfig,
     /// Local state.
     #[serde(default)]
     pub state: StateConfig,
@@ -176,6 +179,30 @@ impl Default for StateConfig {
             restore_timeout_ms: default_restore_timeout_ms(),
         }
     }
+}
+
+/// How breadcrumb writes the records it generates itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratedRecordsFormat {
+    /// One JSON object per record.
+    #[default]
+    Json,
+    /// Avro in the Confluent wire format, each schema (from `schemas/avro/`) registered under
+    /// `<topic>-value`.
+    Avro,
+}
+
+/// `[generated_records]`: the encoding of records breadcrumb generates (ordering gap records).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratedRecordsConfig {
+    /// `json` or `avro`.
+    #[serde(default)]
+    pub format: GeneratedRecordsFormat,
+    /// The Schema Registry the schemas are registered with (`format = "avro"`; `url` required).
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
 }
 
 /// `[http]`: Prometheus `/metrics`, `/healthz`, `/readyz`.
@@ -433,6 +460,17 @@ impl EngineConfig {
                     "kafka.\"{reserved}\": set by breadcrumb itself (exactly-once depends on it); remove it"
                 ));
             }
+        }
+        if self.generated_records.format == GeneratedRecordsFormat::Avro
+            && self
+                .generated_records
+                .registry
+                .as_ref()
+                .and_then(|registry| registry.url.as_ref())
+                .is_none()
+        {
+            errors
+                .push("generated_records.registry.url: required with format = \"avro\"".to_owned());
         }
         if self.pipelines.is_empty() {
             errors.push("pipelines: at least one pipeline is required".to_owned());

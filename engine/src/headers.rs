@@ -14,3 +14,6 @@ pub const DLQ_REASON: &str = "breadcrumb-dlq-reason";
 pub const DLQ_MESSAGE: &str = "breadcrumb-dlq-message";
 /// Dead letters: the pipeline that rejected the record.
 pub const DLQ_PIPELINE: &str = "breadcrumb-dlq-pipeline";
+/// On a generated record that should have been Avro but did not fit its schema (a bug): the
+/// encoding it was sent in instead.
+pub const ENCODING_FALLBACK: &str = "breadcrumb-encoding-fallback";

@@ -185,3 +185,102 @@ attributes = {{ amount_cents = "/amount_cents" }}
     assert_eq!(reasons, expected, "each bad value once, with its reason");
     Ok(())
 }
+
+fn sequenced_event(id: &str, account: &str, sequence: u64, time: &str) -> String {
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "/billing",
+        "type": "payment.settled",
+        "subject": account,
+        "time": time,
+        "sequence": sequence.to_string(),
+        "data": {"amount_cents": sequence * 100},
+    })
+    .to_string()
+}
+
+/// Gap records written as Avro: the schema in `schemas/avro/` registered under
+/// `<gaps topic>-value`, each record in the wire format with that id, readable by apache-avro.
+#[test]
+fn gap_records_are_written_as_registered_avro() -> Result<()> {
+    let dir = tempfile::TempDir::new()?;
+    let broker = Broker::start(Storage::Sqlite(dir.path().join("broker.db")))?;
+    let registry = SchemaRegistry::start()?;
+    let mut scenario = Scenario::new(&broker.bootstrap(), "avro-gaps");
+    let gaps_topic = format!("{}-gaps", scenario.output_topic);
+    scenario.extra_toml = format!(
+        r#"
+[pipelines.payments.ordering]
+first_sequence = 1
+gap_timeout_ms = 1000
+
+[generated_records]
+format = "avro"
+[generated_records.registry]
+url = "{url}"
+"#,
+        url = registry.url()
+    );
+    create_topics(&scenario.bootstrap, &[(&scenario.input_topic, 1)], false)?;
+    let events = [
+        ("a-1", "acct-a", 1, "2026-11-21T10:00:00Z"),
+        ("a-2", "acct-a", 2, "2026-11-21T10:00:01Z"),
+        ("a-4", "acct-a", 4, "2026-11-21T10:00:02Z"),
+        // Another key an hour later moves stream time past acct-a's gap timeout.
+        ("b-1", "acct-b", 1, "2026-11-21T11:00:00Z"),
+    ];
+    let records: Vec<TestRecord> = events
+        .iter()
+        .map(|(id, account, sequence, time)| {
+            TestRecord::new(*account, sequenced_event(id, account, *sequence, time))
+                .header("content-type", "application/cloudevents+json")
+        })
+        .collect();
+    produce(&scenario.bootstrap, &scenario.input_topic, &records)?;
+
+    let config = scenario.write_config(dir.path(), "a")?;
+    let engine = EngineProcess::start(&config, &dir.path().join("a.log"))?;
+    let consumed = scenario.wait_until_consumed(Duration::from_secs(90));
+    let tail = engine.log_tail(60);
+    consumed.with_context(|| tail.clone())?;
+    engine.stop()?;
+
+    let gaps = consume_all(&scenario.bootstrap, &gaps_topic, 1, Duration::from_secs(20))?;
+    ensure!(
+        gaps.len() == 1,
+        "one gap record, got {}:\n{tail}",
+        gaps.len()
+    );
+    let value = gaps[0].value.clone().context("a value")?;
+    // The id the engine registered is the one the registry gives the same schema again.
+    let schema_text = breadcrumb_schemas::encode::ORDERING_GAP_SCHEMA;
+    let id = registry.register(&format!("{gaps_topic}-value"), schema_text);
+    ensure!(value[0] == 0, "magic byte");
+    ensure!(
+        u32::from_be_bytes(value[1..5].try_into()?) == id,
+        "the registered schema id"
+    );
+    let schema = Schema::parse_str(schema_text)?;
+    let record = apache_avro::from_avro_datum(&schema, &mut &value[5..], None)?;
+    let apache_avro::types::Value::Record(fields) = record else {
+        anyhow::bail!("not a record: {record:?}");
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.clone())
+    };
+    ensure!(field("from_sequence") == Some(apache_avro::types::Value::Long(3)));
+    ensure!(field("to_sequence") == Some(apache_avro::types::Value::Long(3)));
+    ensure!(
+        field("reason")
+            == Some(apache_avro::types::Value::Enum(
+                0,
+                "event_time_timeout".into()
+            )),
+        "{fields:?}"
+    );
+    Ok(())
+}

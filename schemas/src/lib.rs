@@ -5,12 +5,14 @@
 //!   [`RawRecord`], the untouched Kafka record it came from (kept for republishing).
 //! - [`decode`]: the [`Decoder`] trait, [`DecoderConfig`] (chosen per input topic) and the
 //!   CloudEvents, plain-JSON and Avro decoders.
+//! - [`encode`]: breadcrumb's own records (gap records) in Avro, with their schemas.
 //! - [`stored`]: [`StoredRecord`], the versioned format of records held in operator state.
 //! - [`trace`]: W3C `traceparent` parsing.
 //! - [`error`]: [`DecodeError`] with its [`DecodeErrorClass`]; a decode failure is a value, never a
 //!   panic.
 
 pub mod decode;
+pub mod encode;
 pub mod envelope;
 pub mod error;
 pub mod stored;

@@ -122,6 +122,30 @@ fn config_example_file_in_the_repository_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../breadcrumb.example.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     EngineConfig::from_toml(&text).unwrap();
+
+    // The commented Avro and PII pipeline at the end is valid once uncommented.
+    let (head, tail) = text
+        .split_once("# An Avro pipeline")
+        .expect("the example ends with an Avro pipeline");
+    let uncommented: String = tail
+        .lines()
+        .skip(1)
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let config = EngineConfig::from_toml(&format!("{head}{uncommented}")).unwrap();
+    let orders = &config.pipelines["orders"];
+    assert!(matches!(
+        orders.decoder,
+        breadcrumb_schemas::DecoderConfig::Avro(_)
+    ));
+    assert_eq!(
+        config.pipelines["customers"]
+            .pii
+            .as_ref()
+            .map(|pii| pii.fields.len()),
+        Some(2)
+    );
 }
 
 #[test]

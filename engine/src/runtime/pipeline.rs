@@ -5,12 +5,14 @@ use breadcrumb_operators::dedupe::Dedupe;
 use breadcrumb_operators::ordering::{Ordering, OrderingMetrics};
 use breadcrumb_operators::pii::Pii;
 use breadcrumb_operators::{Operator, Port};
+use breadcrumb_schemas::decode::avro::HttpRegistry;
+use breadcrumb_schemas::encode::{AvroRecordEncoder, ORDERING_GAP_SCHEMA};
 use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, Envelope};
 use breadcrumb_state::{StateBackend, StoreId};
 use prometheus::{IntCounter, IntGauge};
 
 use super::chain::OperatorChain;
-use crate::config::{EngineConfig, PipelineConfig, RepartitionKey};
+use crate::config::{EngineConfig, GeneratedRecordsFormat, PipelineConfig, RepartitionKey};
 use crate::error::{EngineError, Result};
 use crate::metrics::Metrics;
 
@@ -88,6 +90,8 @@ pub struct Pipeline {
     pub stores: Vec<(StoreId, String)>,
     /// Topic per port (`Port::Main`, `Port::Duplicates`, `Port::Conflicts`).
     pub port_topics: [Option<String>; Port::ALL.len()],
+    /// Per port, the Avro encoder of generated records (`generated_records.format = "avro"`).
+    pub port_encoders: [Option<AvroRecordEncoder>; Port::ALL.len()],
     pub repartition: Option<(RepartitionKey, String)>,
     /// The topic whose partitions own this pipeline's state.
     pub state_topic: String,
@@ -287,6 +291,7 @@ pub fn compile(
                     })
                     .collect(),
             },
+            port_encoders: generated_record_encoders(config, pipeline_config)?,
             port_topics: [
                 Some(output),
                 pipeline_config.duplicates_topic.clone(),
@@ -300,6 +305,36 @@ pub fn compile(
         });
     }
     Ok((pipelines, routes))
+}
+
+/// Avro encoders for the ports that carry generated records, their schemas registered under
+/// `<topic>-value` (once, at start-up: the registry answers the same id every time).
+fn generated_record_encoders(
+    config: &EngineConfig,
+    pipeline: &PipelineConfig,
+) -> Result<[Option<AvroRecordEncoder>; Port::ALL.len()]> {
+    let mut encoders: [Option<AvroRecordEncoder>; Port::ALL.len()] = Default::default();
+    let (GeneratedRecordsFormat::Avro, Some(registry)) = (
+        config.generated_records.format,
+        config.generated_records.registry.as_ref(),
+    ) else {
+        return Ok(encoders);
+    };
+    let config_error =
+        |message: String| EngineError::Config(vec![format!("generated_records.{message}")]);
+    let client =
+        HttpRegistry::from_config(registry).map_err(|error| config_error(error.to_string()))?;
+    if let Some(topic) = pipeline.gaps_topic() {
+        let subject = format!("{topic}-value");
+        let id = client
+            .register(&subject, ORDERING_GAP_SCHEMA)
+            .map_err(|error| config_error(format!("registry: registering `{subject}`: {error}")))?;
+        encoders[Port::Gaps.index()] = Some(
+            AvroRecordEncoder::new(ORDERING_GAP_SCHEMA, id)
+                .map_err(|error| config_error(error.to_string()))?,
+        );
+    }
+    Ok(encoders)
 }
 
 /// The repartition key of an event, if it has one.

@@ -21,7 +21,7 @@ pub use registry::{DirectoryRegistry, Fetched, HttpRegistry, SchemaSource, Unava
 use self::plan::Plan;
 use self::schema::CompiledSchema;
 use super::common::{check_size, Scalar};
-use super::config::{AvroConfig, AvroWireFormat};
+use super::config::{AvroConfig, AvroWireFormat, RegistryConfig};
 use super::fields::FieldMap;
 use super::pointer::PathTree;
 use super::Decoder;
@@ -79,26 +79,7 @@ impl AvroDecoder {
             }
             AvroWireFormat::Confluent => {
                 let source: Arc<dyn SchemaSource> = match (&registry.url, &registry.directory) {
-                    (Some(url), None) => {
-                        let password = match &registry.password_file {
-                            Some(path) => Some(
-                                read_secret(path)
-                                    .map_err(|message| config_error("password_file", message))?,
-                            ),
-                            None => None,
-                        };
-                        let credentials = registry
-                            .username
-                            .as_deref()
-                            .map(|user| (user, password.as_deref().unwrap_or("")));
-                        Arc::new(HttpRegistry::new(
-                            url,
-                            credentials,
-                            Duration::from_millis(registry.request_timeout_ms),
-                            registry.attempts,
-                            Duration::from_millis(registry.retry_backoff_ms),
-                        ))
-                    }
+                    (Some(_), None) => Arc::new(HttpRegistry::from_config(registry)?),
                     (None, Some(directory)) => Arc::new(DirectoryRegistry::new(directory)),
                     _ => {
                         return Err(config_error(
@@ -231,6 +212,37 @@ impl Decoder for AvroDecoder {
         plan.capture(body, &mut slots)
             .map_err(|error| DecodeError::new(error.class, error.message))?;
         self.fields.fill(record, &slots, out)
+    }
+}
+
+impl HttpRegistry {
+    /// The registry at `config.url`, with credentials from `username` and `password_file`.
+    pub fn from_config(config: &RegistryConfig) -> SchemasResult<Self> {
+        let config_error = |key: &str, message: String| SchemasError::Config {
+            key: format!("registry.{key}"),
+            message,
+        };
+        let url = config
+            .url
+            .as_deref()
+            .ok_or_else(|| config_error("url", "required".into()))?;
+        let password = match &config.password_file {
+            Some(path) => {
+                Some(read_secret(path).map_err(|message| config_error("password_file", message))?)
+            }
+            None => None,
+        };
+        let credentials = config
+            .username
+            .as_deref()
+            .map(|user| (user, password.as_deref().unwrap_or("")));
+        Ok(HttpRegistry::new(
+            url,
+            credentials,
+            Duration::from_millis(config.request_timeout_ms),
+            config.attempts,
+            Duration::from_millis(config.retry_backoff_ms),
+        ))
     }
 }
 

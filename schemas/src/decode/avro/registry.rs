@@ -83,6 +83,55 @@ impl HttpRegistry {
         }
     }
 
+    /// Registers `schema` (Avro schema JSON) under `subject`, as a producer's serializer
+    /// does, and returns its id (the existing id when the registry already has it).
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, Unavailable> {
+        let mut backoff = self.retry_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.register_once(subject, schema) {
+                Ok(id) => return Ok(id),
+                Err(error) if attempt >= self.attempts => return Err(error),
+                Err(_) => {
+                    std::thread::sleep(backoff);
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn register_once(&self, subject: &str, schema: &str) -> Result<u32, Unavailable> {
+        let url = format!("{}/subjects/{subject}/versions", self.base_url);
+        let mut request = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        let mut response = request
+            .send(body.as_bytes())
+            .map_err(|error| Unavailable(format!("schema registry request failed: {error}")))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(Unavailable(format!(
+                "schema registry refused to register under `{subject}` (HTTP {status})"
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Registered {
+            id: u32,
+        }
+        let text = response.body_mut().read_to_string().map_err(|error| {
+            Unavailable(format!("schema registry response unreadable: {error}"))
+        })?;
+        serde_json::from_str::<Registered>(&text)
+            .map(|registered| registered.id)
+            .map_err(|error| Unavailable(format!("schema registry response has no id: {error}")))
+    }
+
     fn fetch_once(&self, id: u32) -> Result<Fetched, Unavailable> {
         let url = format!("{}/schemas/ids/{id}", self.base_url);
         let mut request = self
