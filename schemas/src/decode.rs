@@ -10,6 +10,7 @@ mod cloudevents;
 mod common;
 mod config;
 mod json;
+mod otlp;
 mod pointer;
 
 pub use cloudevents::CloudEventsDecoder;
@@ -18,6 +19,7 @@ pub use config::{
     JsonConfig, TimeFallback, BUILT_IN_FIELD_NAMES,
 };
 pub use json::JsonDecoder;
+pub use otlp::{OtlpConfig, OtlpDecoder};
 
 use crate::{DecodeError, Envelope, RawRecord};
 
@@ -39,6 +41,21 @@ pub enum DecoderConfig {
     Cloudevents(CloudEventsConfig),
     /// Plain JSON values with configured JSON-pointer paths.
     Json(JsonConfig),
+    /// OTLP trace batches, protobuf `ExportTraceServiceRequest` (the Collector's Kafka exporter
+    /// encoding `otlp_proto`), for a tail-sampling pipeline.
+    OtlpProto(OtlpConfig),
+    /// OTLP trace batches in the OTLP/JSON encoding (`otlp_json`), for a tail-sampling pipeline.
+    OtlpJson(OtlpConfig),
+}
+
+impl DecoderConfig {
+    /// Whether records are OTLP trace batches rather than business events.
+    pub fn is_otlp(&self) -> bool {
+        matches!(
+            self,
+            DecoderConfig::OtlpProto(_) | DecoderConfig::OtlpJson(_)
+        )
+    }
 }
 
 /// Builds the decoder described by `config` (already validated).
@@ -46,6 +63,9 @@ pub fn build_decoder(config: &DecoderConfig) -> Box<dyn Decoder> {
     match config {
         DecoderConfig::Cloudevents(config) => Box::new(CloudEventsDecoder::new(config.clone())),
         DecoderConfig::Json(config) => Box::new(JsonDecoder::new(config)),
+        DecoderConfig::OtlpProto(config) | DecoderConfig::OtlpJson(config) => {
+            Box::new(OtlpDecoder::new(config.clone()))
+        }
     }
 }
 
@@ -77,6 +97,10 @@ mod tests {
             }),
             DecoderConfig::Json(json),
             DecoderConfig::Json(rejecting),
+            DecoderConfig::OtlpProto(OtlpConfig::default()),
+            DecoderConfig::OtlpJson(OtlpConfig {
+                max_value_bytes: 16,
+            }),
         ]
         .iter()
         .map(build_decoder)

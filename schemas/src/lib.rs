@@ -6,6 +6,8 @@
 //! - [`decode`]: the [`Decoder`] trait, [`DecoderConfig`] (chosen per input topic) and the
 //!   CloudEvents and plain-JSON decoders. Avro and OTLP decoders arrive later behind the same trait.
 //! - [`stored`]: [`StoredRecord`], the versioned format of records held in operator state.
+//! - [`otlp`]: OTLP trace batches at the protobuf wire level (walk, subset, re-encode) and the
+//!   OTLP/JSON mapping, for tail sampling.
 //! - [`trace`]: W3C `traceparent` parsing.
 //! - [`error`]: [`DecodeError`] with its [`DecodeErrorClass`]; a decode failure is a value, never a
 //!   panic.
@@ -13,11 +15,12 @@
 pub mod decode;
 pub mod envelope;
 pub mod error;
+pub mod otlp;
 pub mod stored;
 pub mod trace;
 
 pub use decode::{
-    build_decoder, CloudEventsConfig, Decoder, DecoderConfig, JsonConfig, TimeFallback,
+    build_decoder, CloudEventsConfig, Decoder, DecoderConfig, JsonConfig, OtlpConfig, TimeFallback,
 };
 pub use envelope::{AttributeValue, Envelope, HeaderRef, RawRecord};
 pub use error::{DecodeError, DecodeErrorClass};
