@@ -5,6 +5,7 @@
 //!   [`Emitter`] it writes to, and the per-partition state it is handed.
 //! - [`dedupe`]: idempotency checks on event ids within an event-time horizon.
 //! - [`ordering`]: per-key sequence ordering, with gaps given up by timeout or budget.
+//! - [`sampling`]: tail sampling of OTLP traces, whole traces buffered until complete.
 //!
 //! An operator's core is a synchronous `&mut self` function over one record and its partition's
 //! state: no async, no I/O beyond its state stores, no clock. The engine owns Kafka, transactions
@@ -14,6 +15,7 @@ pub mod dedupe;
 pub mod error;
 pub mod operator;
 pub mod ordering;
+pub mod sampling;
 
 pub use error::{OperatorError, Result};
 pub use operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration, Waiting};

@@ -2,9 +2,12 @@
 //! their state stores, output topics and pre-resolved metric handles.
 
 use breadcrumb_operators::dedupe::Dedupe;
+use std::sync::Arc;
+
 use breadcrumb_operators::ordering::{Ordering, OrderingMetrics};
+use breadcrumb_operators::sampling::{NoLineage, OtlpEncoding, Sampling, SamplingMetrics};
 use breadcrumb_operators::{Operator, Port};
-use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, Envelope};
+use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, DecoderConfig, Envelope};
 use breadcrumb_state::{StateBackend, StoreId};
 use prometheus::{IntCounter, IntGauge};
 
@@ -15,10 +18,11 @@ use crate::metrics::Metrics;
 
 /// Reasons a record is dead-lettered: every decode class plus what operators and the
 /// repartition stage reject with. Indexes count dead letters per transaction without hashing.
-pub const DEAD_LETTER_REASONS: [&str; 9] = [
+pub const DEAD_LETTER_REASONS: [&str; 10] = [
     "missing_value",
     "invalid_utf8",
     "invalid_json",
+    "invalid_protobuf",
     "missing_field",
     "invalid_field",
     "invalid_trace_context",
@@ -67,8 +71,8 @@ pub struct PipelineMetrics {
     /// the last operator goes to `events_out`).
     pub ports: Vec<[Option<IntCounter>; Port::ALL.len()]>,
     pub dead_letters: Vec<IntCounter>,
-    /// Events and bytes held by the ordering operator, when the chain has one: its position
-    /// and the gauges.
+    /// Events (traces, for sampling) and bytes held by the ordering or sampling operator, when
+    /// the chain has one: its position and the gauges.
     pub waiting: Option<(usize, IntGauge, IntGauge)>,
 }
 
@@ -99,6 +103,7 @@ pub fn port_index(port: Port) -> usize {
 enum OperatorKind {
     Dedupe,
     Ordering,
+    Sampling,
 }
 
 /// The operators of a pipeline, in chain order. `metrics` is absent when only the declared
@@ -108,6 +113,32 @@ fn build_operators(
     pipeline: &PipelineConfig,
     metrics: Option<&Metrics>,
 ) -> Vec<(OperatorKind, Box<dyn Operator>)> {
+    if let Some(sampling) = &pipeline.sampling {
+        let encoding = match pipeline.decoder {
+            DecoderConfig::OtlpJson(_) => OtlpEncoding::Json,
+            _ => OtlpEncoding::Proto,
+        };
+        let unregistered;
+        let sampling_metrics = match metrics {
+            Some(metrics) => &metrics.sampling,
+            None => {
+                unregistered = SamplingMetrics::unregistered();
+                &unregistered
+            }
+        };
+        // Until the lineage operator (issue 5) feeds references, the lineage policy keeps
+        // nothing.
+        return vec![(
+            OperatorKind::Sampling,
+            Box::new(Sampling::new(
+                name,
+                sampling.clone(),
+                encoding,
+                sampling_metrics,
+                Arc::new(NoLineage),
+            )),
+        )];
+    }
     let mut operators: Vec<(OperatorKind, Box<dyn Operator>)> = vec![(
         OperatorKind::Dedupe,
         Box::new(Dedupe::new(name, pipeline.dedupe.clone())),
@@ -153,6 +184,8 @@ fn port_counters(
                     counters[Port::Gaps.index()] =
                         Some(metrics.ordering_gaps.with_label_values(&[name]));
                 }
+                // Decisions are counted by the operator itself, by policy.
+                OperatorKind::Sampling => {}
             }
             counters
         })
@@ -198,13 +231,19 @@ pub fn compile(
         let ports = port_counters(name, &operators, metrics);
         let waiting = operators
             .iter()
-            .position(|(kind, _)| *kind == OperatorKind::Ordering)
-            .map(|position| {
-                (
+            .enumerate()
+            .find_map(|(position, (kind, _))| match kind {
+                OperatorKind::Ordering => Some((
                     position,
                     metrics.ordering_waiting_events.with_label_values(&[name]),
                     metrics.ordering_waiting_bytes.with_label_values(&[name]),
-                )
+                )),
+                OperatorKind::Sampling => Some((
+                    position,
+                    metrics.sampling_pending_traces.with_label_values(&[name]),
+                    metrics.sampling_buffered_bytes.with_label_values(&[name]),
+                )),
+                OperatorKind::Dedupe => None,
             });
         let mut stores = Vec::new();
         for declaration in operators.iter().flat_map(|(_, operator)| operator.stores()) {
@@ -269,9 +308,13 @@ pub fn compile(
             port_topics: [
                 Some(output),
                 pipeline_config.duplicates_topic.clone(),
-                Some(pipeline_config.conflicts_topic()),
+                pipeline_config
+                    .sampling
+                    .is_none()
+                    .then(|| pipeline_config.conflicts_topic()),
                 pipeline_config.late_topic(),
                 pipeline_config.gaps_topic(),
+                pipeline_config.decisions_topic(),
             ],
             repartition,
             state_topic,
