@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-system.sh
 scripts/install-nisshi.sh
+# Python's opentelemetry-proto (PyPI) in a venv: the independent OTLP encoder of the sampling test.
+scripts/otlp-venv.sh >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if cargo nextest --version >/dev/null 2>&1; then

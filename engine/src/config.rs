@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use breadcrumb_operators::dedupe::DedupeConfig;
 use breadcrumb_operators::ordering::OrderingConfig;
 use breadcrumb_operators::pii::PiiConfig;
+use breadcrumb_operators::sampling::SamplingConfig;
 use breadcrumb_schemas::{DecoderConfig, RegistryConfig};
 use serde::{Deserialize, Serialize};
 
@@ -302,6 +303,15 @@ pub struct PipelineConfig {
     /// `ordering`.
     #[serde(default)]
     pub gaps_topic: Option<String>,
+    /// Tail sampling of OTLP traces (decoder `otlp_proto` or `otlp_json`): the pipeline's only
+    /// operator, instead of dedupe and ordering. `output_topic` receives the spans of kept
+    /// traces.
+    #[serde(default)]
+    pub sampling: Option<SamplingConfig>,
+    /// Where sampling sends one decision record per trace; defaults to
+    /// `<output_topic>-decisions`. Only with `sampling`.
+    #[serde(default)]
+    pub decisions_topic: Option<String>,
 }
 
 impl PipelineConfig {
@@ -320,6 +330,15 @@ impl PipelineConfig {
             self.gaps_topic
                 .clone()
                 .unwrap_or_else(|| format!("{}-gaps", self.output_topic))
+        })
+    }
+
+    /// The decisions topic, when the pipeline samples.
+    pub fn decisions_topic(&self) -> Option<String> {
+        self.sampling.as_ref().map(|_| {
+            self.decisions_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}-decisions", self.output_topic))
         })
     }
 
@@ -535,6 +554,43 @@ impl EngineConfig {
                                 "{prefix}.{key}: only used with `{prefix}.ordering`, which is not configured"
                             ));
                         }
+                    }
+                }
+            }
+            match &pipeline.sampling {
+                Some(sampling) => {
+                    errors.extend(sampling.validate(&format!("{prefix}.sampling")));
+                    if !pipeline.decoder.is_otlp() {
+                        errors.push(format!(
+                            "{prefix}.decoder.format: sampling reads OTLP trace batches; use `otlp_proto` or `otlp_json`"
+                        ));
+                    }
+                    if pipeline.ordering.is_some() {
+                        errors.push(format!(
+                            "{prefix}.ordering: a sampling pipeline has no ordering stage; remove it"
+                        ));
+                    }
+                    if pipeline.repartition_by.is_some() {
+                        errors.push(format!(
+                            "{prefix}.repartition_by: not supported with sampling yet; partition spans by trace id upstream (the Collector's Kafka exporter `partition_traces_by_id`)"
+                        ));
+                    }
+                    if pipeline.duplicates_topic.is_some() || pipeline.conflicts_topic.is_some() {
+                        errors.push(format!(
+                            "{prefix}.duplicates_topic: a sampling pipeline has no dedupe stage; remove duplicates_topic and conflicts_topic"
+                        ));
+                    }
+                }
+                None => {
+                    if pipeline.decoder.is_otlp() {
+                        errors.push(format!(
+                            "{prefix}.sampling: OTLP decoders feed tail sampling; configure `{prefix}.sampling`"
+                        ));
+                    }
+                    if pipeline.decisions_topic.is_some() {
+                        errors.push(format!(
+                            "{prefix}.decisions_topic: only used with `{prefix}.sampling`, which is not configured"
+                        ));
                     }
                 }
             }

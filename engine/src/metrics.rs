@@ -2,6 +2,7 @@
 //! runtime; nothing on the per-record path looks a metric up by name.
 
 use breadcrumb_operators::ordering::metrics::{REORDER_DEPTH_BUCKETS, TIME_IN_BUFFER_BUCKETS};
+use breadcrumb_operators::sampling::SamplingMetrics;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -57,6 +58,12 @@ pub struct Metrics {
     pub ordering_reorder_depth: HistogramVec,
     /// Event time a held event waited before release, by pipeline.
     pub ordering_buffer_seconds: HistogramVec,
+    /// Traces buffered by tail sampling, not yet decided, by pipeline (as of the last commit).
+    pub sampling_pending_traces: IntGaugeVec,
+    /// Bytes of spans buffered by tail sampling, by pipeline (as of the last commit).
+    pub sampling_buffered_bytes: IntGaugeVec,
+    /// Decisions by policy, late spans by outcome, completions (forced ones included).
+    pub sampling: SamplingMetrics,
 }
 
 impl Metrics {
@@ -226,6 +233,26 @@ impl Metrics {
             "Event time a held event waited before it was released.",
             TIME_IN_BUFFER_BUCKETS.to_vec(),
         );
+        let sampling_pending_traces = gauge_vec(
+            "breadcrumb_sampling_pending_traces",
+            "Traces buffered by tail sampling awaiting their decision, as of the last commit.",
+            &["pipeline"],
+        );
+        let sampling_buffered_bytes = gauge_vec(
+            "breadcrumb_sampling_buffered_bytes",
+            "Bytes of spans buffered by tail sampling, as of the last commit.",
+            &["pipeline"],
+        );
+        let sampling = SamplingMetrics::unregistered();
+        for family in [
+            &sampling.decisions,
+            &sampling.late_spans,
+            &sampling.completions,
+        ] {
+            registry
+                .register(Box::new(family.clone()))
+                .expect("metric registered once");
+        }
         Self {
             registry,
             events_in,
@@ -251,6 +278,9 @@ impl Metrics {
             ordering_waiting_bytes,
             ordering_reorder_depth,
             ordering_buffer_seconds,
+            sampling_pending_traces,
+            sampling_buffered_bytes,
+            sampling,
         }
     }
 

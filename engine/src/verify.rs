@@ -162,6 +162,13 @@ pub fn verify(
     let pipeline = config.pipelines.get(pipeline_name).ok_or_else(|| {
         EngineError::Config(vec![format!("pipelines.{pipeline_name}: no such pipeline")])
     })?;
+    if pipeline.sampling.is_some() {
+        // A sample is not meant to hold every input: its check is the decision records.
+        return Err(EngineError::Config(vec![format!(
+            "pipelines.{pipeline_name}: verify checks that every input id leaves exactly once, \
+             which a sampling pipeline does not promise"
+        )]));
+    }
     let client_config = base_client_config(config);
     let decoder = build_decoder(&pipeline.decoder).map_err(|error| {
         EngineError::Config(vec![format!("pipelines.{pipeline_name}.decoder.{error}")])

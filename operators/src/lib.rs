@@ -6,6 +6,7 @@
 //! - [`dedupe`]: idempotency checks on event ids within an event-time horizon.
 //! - [`ordering`]: per-key sequence ordering, with gaps given up by timeout or budget.
 //! - [`pii`]: drops, masks or tokenizes personal data before anything else sees it.
+//! - [`sampling`]: tail sampling of OTLP traces, whole traces buffered until complete.
 //!
 //! An operator's core is a synchronous `&mut self` function over one record and its partition's
 //! state: no async, no I/O beyond its state stores, no clock. The engine owns Kafka, transactions
@@ -16,6 +17,7 @@ pub mod error;
 pub mod operator;
 pub mod ordering;
 pub mod pii;
+pub mod sampling;
 
 pub use error::{OperatorError, Result};
 pub use operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration, Waiting};

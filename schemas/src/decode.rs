@@ -14,6 +14,7 @@ mod common;
 mod config;
 mod fields;
 mod json;
+mod otlp;
 mod pointer;
 
 pub use avro::AvroDecoder;
@@ -24,6 +25,7 @@ pub use config::{
     BUILT_IN_FIELD_NAMES,
 };
 pub use json::JsonDecoder;
+pub use otlp::{OtlpConfig, OtlpDecoder};
 
 use crate::error::SchemasResult;
 use crate::{DecodeError, Envelope, RawRecord};
@@ -51,6 +53,21 @@ pub enum DecoderConfig {
     Json(JsonConfig),
     /// Avro values, with writer schemas from a registry or files.
     Avro(AvroConfig),
+    /// OTLP trace batches, protobuf `ExportTraceServiceRequest` (the Collector's Kafka exporter
+    /// encoding `otlp_proto`), for a tail-sampling pipeline.
+    OtlpProto(OtlpConfig),
+    /// OTLP trace batches in the OTLP/JSON encoding (`otlp_json`), for a tail-sampling pipeline.
+    OtlpJson(OtlpConfig),
+}
+
+impl DecoderConfig {
+    /// Whether records are OTLP trace batches rather than business events.
+    pub fn is_otlp(&self) -> bool {
+        matches!(
+            self,
+            DecoderConfig::OtlpProto(_) | DecoderConfig::OtlpJson(_)
+        )
+    }
 }
 
 /// Builds the decoder described by `config` (already validated). Fails only on what must be
@@ -60,6 +77,9 @@ pub fn build_decoder(config: &DecoderConfig) -> SchemasResult<Box<dyn Decoder>> 
         DecoderConfig::Cloudevents(config) => Box::new(CloudEventsDecoder::new(config.clone())),
         DecoderConfig::Json(config) => Box::new(JsonDecoder::new(config)),
         DecoderConfig::Avro(config) => Box::new(AvroDecoder::from_config(config)?),
+        DecoderConfig::OtlpProto(config) | DecoderConfig::OtlpJson(config) => {
+            Box::new(OtlpDecoder::new(config.clone()))
+        }
     })
 }
 
@@ -91,6 +111,10 @@ mod tests {
             }),
             DecoderConfig::Json(json),
             DecoderConfig::Json(rejecting),
+            DecoderConfig::OtlpProto(OtlpConfig::default()),
+            DecoderConfig::OtlpJson(OtlpConfig {
+                max_value_bytes: 16,
+            }),
         ]
         .iter()
         .map(|config| build_decoder(config).unwrap())

@@ -189,3 +189,64 @@ fn config_secrets_come_from_files_and_errors_never_show_them() {
     assert!(error.contains("also set in [kafka]"), "{error}");
     assert!(!error.contains("canary"), "{error}");
 }
+
+#[test]
+fn config_sampling_pipelines_need_otlp_input_and_no_other_stage() {
+    let sampling = r#"
+application_id = "traces"
+
+[kafka]
+"bootstrap.servers" = "localhost:9092"
+
+[pipelines.traces]
+input_topics = ["spans"]
+output_topic = "spans-sampled"
+
+[pipelines.traces.decoder]
+format = "otlp_json"
+
+[pipelines.traces.sampling]
+[[pipelines.traces.sampling.policies]]
+name = "all"
+type = "always_sample"
+"#;
+    let config = EngineConfig::from_toml(sampling).unwrap();
+    let pipeline = &config.pipelines["traces"];
+    assert_eq!(
+        pipeline.decisions_topic().as_deref(),
+        Some("spans-sampled-decisions")
+    );
+    assert_eq!(
+        crate::runtime::pipeline::declared_store_names_of("traces", pipeline),
+        vec!["traces-sampling"],
+        "the sampling operator is the chain: no dedupe store"
+    );
+
+    let wrong_decoder = sampling.replace("otlp_json", "cloudevents");
+    let Err(EngineError::Config(errors)) = EngineConfig::from_toml(&wrong_decoder) else {
+        panic!("a sampling pipeline needs an OTLP decoder");
+    };
+    assert!(
+        errors[0].starts_with("pipelines.traces.decoder.format:"),
+        "{errors:?}"
+    );
+
+    let without_sampling = MINIMAL
+        .replace("format = \"cloudevents\"", "format = \"otlp_proto\"")
+        .replace(
+            "output_topic = \"payments-deduped\"",
+            "output_topic = \"payments-deduped\"\ndecisions_topic = \"x\"",
+        );
+    let Err(EngineError::Config(errors)) = EngineConfig::from_toml(&without_sampling) else {
+        panic!("OTLP input needs sampling");
+    };
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.starts_with("pipelines.payments.sampling:"))
+            && errors
+                .iter()
+                .any(|error| error.starts_with("pipelines.payments.decisions_topic:")),
+        "{errors:?}"
+    );
+}

@@ -123,10 +123,16 @@ pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
         if let Some(topic) = &pipeline.duplicates_topic {
             add(topic.clone(), false, false);
         }
-        add(pipeline.conflicts_topic(), false, false);
-        for topic in [pipeline.late_topic(), pipeline.gaps_topic()]
-            .into_iter()
-            .flatten()
+        if pipeline.sampling.is_none() {
+            add(pipeline.conflicts_topic(), false, false);
+        }
+        for topic in [
+            pipeline.late_topic(),
+            pipeline.gaps_topic(),
+            pipeline.decisions_topic(),
+        ]
+        .into_iter()
+        .flatten()
         {
             add(topic, false, false);
         }

@@ -2,12 +2,15 @@
 //! their state stores, output topics and pre-resolved metric handles.
 
 use breadcrumb_operators::dedupe::Dedupe;
+use std::sync::Arc;
+
 use breadcrumb_operators::ordering::{Ordering, OrderingMetrics};
 use breadcrumb_operators::pii::Pii;
+use breadcrumb_operators::sampling::{NoLineage, OtlpEncoding, Sampling, SamplingMetrics};
 use breadcrumb_operators::{Operator, Port};
 use breadcrumb_schemas::decode::avro::HttpRegistry;
 use breadcrumb_schemas::encode::{AvroRecordEncoder, ORDERING_GAP_SCHEMA};
-use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, Envelope};
+use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, DecoderConfig, Envelope};
 use breadcrumb_state::{StateBackend, StoreId};
 use prometheus::{IntCounter, IntGauge};
 
@@ -18,10 +21,11 @@ use crate::metrics::Metrics;
 
 /// Reasons a record is dead-lettered: every decode class plus what operators and the
 /// repartition stage reject with. Indexes count dead letters per transaction without hashing.
-pub const DEAD_LETTER_REASONS: [&str; 11] = [
+pub const DEAD_LETTER_REASONS: [&str; 12] = [
     "missing_value",
     "invalid_utf8",
     "invalid_json",
+    "invalid_protobuf",
     "missing_field",
     "invalid_field",
     "invalid_trace_context",
@@ -72,8 +76,8 @@ pub struct PipelineMetrics {
     /// the last operator goes to `events_out`).
     pub ports: Vec<[Option<IntCounter>; Port::ALL.len()]>,
     pub dead_letters: Vec<IntCounter>,
-    /// Events and bytes held by the ordering operator, when the chain has one: its position
-    /// and the gauges.
+    /// Events (traces, for sampling) and bytes held by the ordering or sampling operator, when
+    /// the chain has one: its position and the gauges.
     pub waiting: Option<(usize, IntGauge, IntGauge)>,
 }
 
@@ -110,6 +114,7 @@ enum OperatorKind {
     Pii,
     Dedupe,
     Ordering,
+    Sampling,
 }
 
 /// The operators of a pipeline, in chain order. `metrics` is absent when only the declared
@@ -119,6 +124,32 @@ fn build_operators(
     pipeline: &PipelineConfig,
     metrics: Option<&Metrics>,
 ) -> Result<Vec<(OperatorKind, Box<dyn Operator>)>> {
+    if let Some(sampling) = &pipeline.sampling {
+        let encoding = match pipeline.decoder {
+            DecoderConfig::OtlpJson(_) => OtlpEncoding::Json,
+            _ => OtlpEncoding::Proto,
+        };
+        let unregistered;
+        let sampling_metrics = match metrics {
+            Some(metrics) => &metrics.sampling,
+            None => {
+                unregistered = SamplingMetrics::unregistered();
+                &unregistered
+            }
+        };
+        // Until the lineage operator (issue 5) feeds references, the lineage policy keeps
+        // nothing.
+        return Ok(vec![(
+            OperatorKind::Sampling,
+            Box::new(Sampling::new(
+                name,
+                sampling.clone(),
+                encoding,
+                sampling_metrics,
+                Arc::new(NoLineage),
+            )),
+        )]);
+    }
     let mut operators: Vec<(OperatorKind, Box<dyn Operator>)> = Vec::new();
     // PII runs first, so no other operator, output or changelog sees the original values. It
     // keeps no state, so it is left out when only the declared stores are wanted (and its key
@@ -174,6 +205,8 @@ fn port_counters(
                     counters[Port::Gaps.index()] =
                         Some(metrics.ordering_gaps.with_label_values(&[name]));
                 }
+                // Decisions are counted by the operator itself, by policy.
+                OperatorKind::Sampling => {}
             }
             counters
         })
@@ -220,13 +253,19 @@ pub fn compile(
         let ports = port_counters(name, &operators, metrics);
         let waiting = operators
             .iter()
-            .position(|(kind, _)| *kind == OperatorKind::Ordering)
-            .map(|position| {
-                (
+            .enumerate()
+            .find_map(|(position, (kind, _))| match kind {
+                OperatorKind::Ordering => Some((
                     position,
                     metrics.ordering_waiting_events.with_label_values(&[name]),
                     metrics.ordering_waiting_bytes.with_label_values(&[name]),
-                )
+                )),
+                OperatorKind::Sampling => Some((
+                    position,
+                    metrics.sampling_pending_traces.with_label_values(&[name]),
+                    metrics.sampling_buffered_bytes.with_label_values(&[name]),
+                )),
+                OperatorKind::Pii | OperatorKind::Dedupe => None,
             });
         let mut stores = Vec::new();
         for declaration in operators.iter().flat_map(|(_, operator)| operator.stores()) {
@@ -295,9 +334,13 @@ pub fn compile(
             port_topics: [
                 Some(output),
                 pipeline_config.duplicates_topic.clone(),
-                Some(pipeline_config.conflicts_topic()),
+                pipeline_config
+                    .sampling
+                    .is_none()
+                    .then(|| pipeline_config.conflicts_topic()),
                 pipeline_config.late_topic(),
                 pipeline_config.gaps_topic(),
+                pipeline_config.decisions_topic(),
             ],
             repartition,
             state_topic,

@@ -321,6 +321,13 @@ impl DecoderConfig {
                     &mut problems,
                 );
             }
+            DecoderConfig::OtlpProto(config) | DecoderConfig::OtlpJson(config) => {
+                check_max_value_bytes(
+                    config.max_value_bytes,
+                    &key("max_value_bytes"),
+                    &mut problems,
+                );
+            }
         }
         problems
     }
