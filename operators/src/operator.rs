@@ -27,15 +27,18 @@ pub enum Port {
     Late,
     /// Records an operator generates about the stream itself, such as a gap in a sequence.
     Gaps,
+    /// Lineage edges: which trace, span and parent event each business event came from.
+    Lineage,
 }
 
 impl Port {
-    pub const ALL: [Port; 5] = [
+    pub const ALL: [Port; 6] = [
         Port::Main,
         Port::Duplicates,
         Port::Conflicts,
         Port::Late,
         Port::Gaps,
+        Port::Lineage,
     ];
 
     /// Position in [`Port::ALL`], for per-port tables without hashing.
@@ -51,6 +54,7 @@ impl Port {
             Port::Conflicts => "conflicts",
             Port::Late => "late",
             Port::Gaps => "gaps",
+            Port::Lineage => "lineage",
         }
     }
 }

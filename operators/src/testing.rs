@@ -74,6 +74,7 @@ pub struct CountingEmitter {
     pub conflicts: u64,
     pub late: u64,
     pub gaps: u64,
+    pub lineage: u64,
 }
 
 impl CountingEmitter {
@@ -84,6 +85,7 @@ impl CountingEmitter {
             Port::Conflicts => self.conflicts += 1,
             Port::Late => self.late += 1,
             Port::Gaps => self.gaps += 1,
+            Port::Lineage => self.lineage += 1,
         }
     }
 }

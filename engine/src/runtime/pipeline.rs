@@ -298,6 +298,8 @@ pub fn compile(
                 Some(pipeline_config.conflicts_topic()),
                 pipeline_config.late_topic(),
                 pipeline_config.gaps_topic(),
+                // The lineage operator is not wired into pipelines yet.
+                None,
             ],
             repartition,
             state_topic,
