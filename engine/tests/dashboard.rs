@@ -13,14 +13,6 @@ use breadcrumb_engine::metrics::Metrics;
 use prometheus::IntCounter;
 use serde_json::Value;
 
-/// Metrics the dashboard already shows whose operators have not landed yet. Remove a name when
-/// its operator registers it in `Metrics`: `pending_metrics_are_not_registered_yet` fails until
-/// the name is gone from this list, so the list cannot go stale.
-const PENDING: &[&str] = &[
-    // Tail sampling.
-    "breadcrumb_sampling_decisions_total",
-];
-
 /// Series a histogram exports besides its family name.
 const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
 
@@ -156,41 +148,10 @@ fn dashboard_queries_only_metrics_the_engine_registers() {
         names.contains("breadcrumb_events_in_total"),
         "no breadcrumb metric found in the dashboard: {names:?}"
     );
-    let missing: Vec<&String> = names
-        .iter()
-        .filter(|name| !PENDING.contains(&name.as_str()) && !is_registered(name))
-        .collect();
+    let missing: Vec<&String> = names.iter().filter(|name| !is_registered(name)).collect();
     assert!(
         missing.is_empty(),
-        "the dashboard queries metrics the engine does not register: {missing:?} \
-         (rename them, or list them in PENDING if their operator is still to land)"
-    );
-}
-
-#[test]
-fn pending_metrics_are_not_registered_yet() {
-    let landed: Vec<&str> = PENDING
-        .iter()
-        .copied()
-        .filter(|name| is_registered(name))
-        .collect();
-    assert!(
-        landed.is_empty(),
-        "these metrics are registered now; remove them from PENDING: {landed:?}"
-    );
-}
-
-#[test]
-fn pending_metrics_are_on_the_dashboard() {
-    let names = dashboard_metrics();
-    let unused: Vec<&str> = PENDING
-        .iter()
-        .copied()
-        .filter(|name| !names.contains(*name))
-        .collect();
-    assert!(
-        unused.is_empty(),
-        "PENDING lists metrics the dashboard does not query: {unused:?}"
+        "the dashboard queries metrics the engine does not register: {missing:?}"
     );
 }
 

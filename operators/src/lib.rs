@@ -5,6 +5,7 @@
 //!   [`Emitter`] it writes to, and the per-partition state it is handed.
 //! - [`dedupe`]: idempotency checks on event ids within an event-time horizon.
 //! - [`ordering`]: per-key sequence ordering, with gaps given up by timeout or budget.
+//! - [`lineage`]: joins business events to their spans, trace root and parent event.
 //! - [`pii`]: drops, masks or tokenizes personal data before anything else sees it.
 //! - [`sampling`]: tail sampling of OTLP traces, whole traces buffered until complete.
 //!
@@ -14,6 +15,7 @@
 
 pub mod dedupe;
 pub mod error;
+pub mod lineage;
 pub mod operator;
 pub mod ordering;
 pub mod pii;

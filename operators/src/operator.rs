@@ -29,16 +29,19 @@ pub enum Port {
     Gaps,
     /// Decision records of tail sampling: one per trace, kept or dropped, and why.
     Decisions,
+    /// Lineage edges: which trace, span and parent event each business event came from.
+    Lineage,
 }
 
 impl Port {
-    pub const ALL: [Port; 6] = [
+    pub const ALL: [Port; 7] = [
         Port::Main,
         Port::Duplicates,
         Port::Conflicts,
         Port::Late,
         Port::Gaps,
         Port::Decisions,
+        Port::Lineage,
     ];
 
     /// Position in [`Port::ALL`], for per-port tables without hashing.
@@ -55,6 +58,7 @@ impl Port {
             Port::Late => "late",
             Port::Gaps => "gaps",
             Port::Decisions => "decisions",
+            Port::Lineage => "lineage",
         }
     }
 }

@@ -75,6 +75,7 @@ pub struct CountingEmitter {
     pub late: u64,
     pub gaps: u64,
     pub decisions: u64,
+    pub lineage: u64,
 }
 
 impl CountingEmitter {
@@ -86,6 +87,7 @@ impl CountingEmitter {
             Port::Late => self.late += 1,
             Port::Gaps => self.gaps += 1,
             Port::Decisions => self.decisions += 1,
+            Port::Lineage => self.lineage += 1,
         }
     }
 }

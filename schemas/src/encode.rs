@@ -11,6 +11,9 @@ use crate::error::{SchemasError, SchemasResult};
 /// Gap records of the ordering operator.
 pub const ORDERING_GAP_SCHEMA: &str = include_str!("../avro/ordering-gap.avsc");
 
+/// Edge records of the lineage operator.
+pub const LINEAGE_EDGE_SCHEMA: &str = include_str!("../avro/lineage-edge.avsc");
+
 /// Encodes JSON records of one schema as Avro in the Confluent wire format.
 #[derive(Debug, Clone)]
 pub struct AvroRecordEncoder {
@@ -78,6 +81,68 @@ mod tests {
             Value::TimestampMillis(1_700_000_060_000)
         );
         assert_eq!(field("epoch"), Value::Union(0, Box::new(Value::Null)));
+    }
+
+    /// As the lineage operator writes them (`operators/src/lineage/format.rs`): a joined parent
+    /// edge and an orphan span edge with nulls.
+    const PARENT_EDGE: &str = r#"{"type":"breadcrumb.lineage.edge","pipeline":"orders","edge_kind":"parent","event_id":"invoice-1","event_type":"invoice.issued","event_source":"billing","copy_topic":null,"copy_partition":null,"copy_offset":null,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","service":"billing","operation":"POST /invoices","root_span_id":"1111111111111111","root_service":"gateway","parent_event_id":"payment-1","ancestor_event_ids":["payment-1","order-1"],"orphan_reason":null,"resolution":"complete","event_time_ms":1700000000000,"joined_at_ms":1700000001000,"waited_ms":1000,"source":{"topic":"events","partition":3,"offset":42}}"#;
+    const ORPHAN_EDGE: &str = r#"{"type":"breadcrumb.lineage.edge","pipeline":"orders","edge_kind":"span","event_id":"e-9","event_type":"","event_source":"","copy_topic":"orders-out","copy_partition":1,"copy_offset":7,"trace_id":null,"span_id":null,"service":null,"operation":null,"root_span_id":null,"root_service":null,"parent_event_id":null,"ancestor_event_ids":[],"orphan_reason":"no_trace_context","resolution":"window","event_time_ms":5,"joined_at_ms":6,"waited_ms":1,"source":{"topic":"events","partition":0,"offset":0}}"#;
+
+    #[test]
+    fn lineage_edges_encode_and_read_back_with_apache_avro() {
+        let encoder = AvroRecordEncoder::new(LINEAGE_EDGE_SCHEMA, 9).unwrap();
+        let schema = Schema::parse_str(LINEAGE_EDGE_SCHEMA).unwrap();
+        let read = |json: &str| {
+            let mut out = Vec::new();
+            encoder.encode_json(json.as_bytes(), &mut out).unwrap();
+            assert_eq!(&out[..5], &[0, 0, 0, 0, 9]);
+            let Value::Record(fields) = from_avro_datum(&schema, &mut &out[5..], None).unwrap()
+            else {
+                panic!("a record")
+            };
+            fields
+        };
+        let field = |fields: &[(String, Value)], name: &str| {
+            fields
+                .iter()
+                .find(|(field, _)| field == name)
+                .map(|(_, value)| value.clone())
+                .unwrap()
+        };
+        let parent = read(PARENT_EDGE);
+        assert_eq!(field(&parent, "edge_kind"), Value::Enum(1, "parent".into()));
+        assert_eq!(
+            field(&parent, "ancestor_event_ids"),
+            Value::Array(vec![
+                Value::String("payment-1".into()),
+                Value::String("order-1".into())
+            ])
+        );
+        assert_eq!(
+            field(&parent, "root_service"),
+            Value::Union(1, Box::new(Value::String("gateway".into())))
+        );
+        assert_eq!(
+            field(&parent, "orphan_reason"),
+            Value::Union(0, Box::new(Value::Null))
+        );
+        assert_eq!(
+            field(&parent, "joined_at_ms"),
+            Value::TimestampMillis(1_700_000_001_000)
+        );
+        let orphan = read(ORPHAN_EDGE);
+        assert_eq!(
+            field(&orphan, "orphan_reason"),
+            Value::Union(1, Box::new(Value::Enum(0, "no_trace_context".into())))
+        );
+        assert_eq!(
+            field(&orphan, "copy_partition"),
+            Value::Union(1, Box::new(Value::Int(1)))
+        );
+        assert_eq!(
+            field(&orphan, "trace_id"),
+            Value::Union(0, Box::new(Value::Null))
+        );
     }
 
     #[test]

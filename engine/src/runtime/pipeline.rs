@@ -341,6 +341,8 @@ pub fn compile(
                 pipeline_config.late_topic(),
                 pipeline_config.gaps_topic(),
                 pipeline_config.decisions_topic(),
+                // The lineage operator is not wired into pipelines yet.
+                None,
             ],
             repartition,
             state_topic,
