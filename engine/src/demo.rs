@@ -812,3 +812,92 @@ fn span_id(span: &[u8]) -> Option<[u8; 8]> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use breadcrumb_schemas::otlp::builder;
+
+    fn balanced() -> TelemetrySummary {
+        let produced = TraceCounts {
+            error: 3,
+            slow: 2,
+            health: 1,
+            plain: 10,
+            clock: 4,
+            spans: 80,
+        };
+        TelemetrySummary {
+            produced,
+            records_in: produced.records(),
+            decisions: vec![
+                ("errors".to_owned(), "keep".to_owned(), 3),
+                ("slow".to_owned(), "keep".to_owned(), 2),
+                ("no-health-checks".to_owned(), "drop".to_owned(), 1),
+                ("baseline".to_owned(), "keep".to_owned(), 1),
+                ("none".to_owned(), "drop".to_owned(), 9),
+            ],
+            completions: vec![("quiet_period".to_owned(), 16)],
+            pending: 4,
+            records_out: 6,
+            decision_records: 16,
+            kept: TraceCounts {
+                error: 3,
+                slow: 2,
+                plain: 1,
+                spans: 30,
+                ..TraceCounts::default()
+            },
+            sampled_records_read: 6,
+            spans_out: 30,
+            ..TelemetrySummary::default()
+        }
+    }
+
+    #[test]
+    fn telemetry_checks_pass_only_when_every_figure_agrees() {
+        let summary = balanced();
+        assert!(summary.ok());
+        let mut text = String::new();
+        summary.render_into(&mut text);
+        assert!(text.contains("exactly the spans of the 6 kept traces, each once"));
+        assert!(!text.contains("MISMATCH"));
+
+        let broken: [fn(&mut TelemetrySummary); 8] = [
+            |summary| summary.kept.health = 1,
+            |summary| summary.kept.error = 2,
+            |summary| summary.kept.slow = 1,
+            |summary| summary.undecided = 1,
+            |summary| summary.pending = 3,
+            |summary| summary.decisions[3].2 = 2,
+            |summary| summary.spans_repeated = 1,
+            |summary| summary.spans_out = 29,
+        ];
+        for (index, breaking) in broken.iter().enumerate() {
+            let mut summary = balanced();
+            breaking(&mut summary);
+            assert!(!summary.ok(), "change {index} went unnoticed");
+            let mut text = String::new();
+            summary.render_into(&mut text);
+            assert!(text.contains("MISMATCH"), "change {index}: {text}");
+        }
+    }
+
+    #[test]
+    fn span_id_is_read_from_the_span_message() {
+        let span = builder::Span {
+            trace_id: [7; 16],
+            span_id: [1, 2, 3, 4, 5, 6, 7, 8],
+            parent_span_id: Some([9; 8]),
+            name: "GET /cart".to_owned(),
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            status_code: 0,
+            attributes: Vec::new(),
+        };
+        let mut encoded = Vec::new();
+        builder::encode_span(&span, &mut encoded);
+        assert_eq!(span_id(&encoded), Some([1, 2, 3, 4, 5, 6, 7, 8]));
+        assert_eq!(span_id(&encoded[..3]), None);
+    }
+}
