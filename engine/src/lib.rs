@@ -7,13 +7,14 @@
 //! - [`journal`]: the transaction journal used to check output on brokers that leak aborted
 //!   records.
 //! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
-//! - [`demo`], [`generate`], [`verify`]: the embedded demo, the workload generator and the
-//!   exactly-once checker behind the CLI.
+//! - [`demo`], [`generate`], [`generate_traces`], [`verify`]: the embedded demo, the payments
+//!   and telemetry workload generators and the exactly-once checker behind the CLI.
 
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod generate;
+pub mod generate_traces;
 pub mod headers;
 pub mod http;
 pub mod journal;

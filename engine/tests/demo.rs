@@ -1,5 +1,6 @@
 //! The embedded demo, run for real on librdkafka's mock cluster: the summary a newcomer sees
-//! must balance and the output must hold every distinct id exactly once.
+//! must balance, the output must hold every distinct id exactly once, and tail sampling must keep
+//! what its policies say, span for span.
 
 use breadcrumb_engine::demo::{self, DemoOptions};
 
@@ -12,6 +13,7 @@ fn demo_conserves_records_and_publishes_every_id_once() {
         poison_percent: 1.0,
         shuffled_accounts_percent: 20.0,
         sequence_gap_percent: 0.5,
+        traces: 400,
         progress: false,
     })
     .expect("demo runs");
@@ -39,4 +41,65 @@ fn demo_conserves_records_and_publishes_every_id_once() {
     assert!(summary.conserved(), "{}", summary.render());
     assert!(summary.output_exactly_once, "{}", summary.render());
     assert!(summary.render().contains("holds"));
+
+    // Telemetry: every trace read and decided once by event time, the clock traces pending.
+    let telemetry = &summary.telemetry;
+    let produced = telemetry.produced;
+    assert_eq!(produced.traces(), 400);
+    assert!(
+        produced.error > 0 && produced.slow > 0 && produced.health > 0 && produced.plain > 0,
+        "{produced:?}"
+    );
+    assert_eq!(telemetry.records_in, produced.records());
+    assert_eq!(telemetry.decision_records, produced.traces());
+    assert_eq!(
+        (telemetry.undecided, telemetry.extra_decisions),
+        (0, 0),
+        "{}",
+        summary.render()
+    );
+    assert_eq!(
+        (telemetry.pending, telemetry.clocks_decided),
+        (produced.clock, 0)
+    );
+    assert_eq!(telemetry.late_spans, 0);
+    // The policies: errors and slow traces all kept by their own policy, health checks all
+    // dropped by the drop policy, a few plain traces kept by the baseline, the rest by none.
+    let decided = |policy: &str, decision: &str| {
+        telemetry
+            .decisions
+            .iter()
+            .find(|(name, verdict, _)| name == policy && verdict == decision)
+            .map_or(0, |(_, _, count)| *count)
+    };
+    assert_eq!(decided("errors", "keep"), produced.error);
+    assert_eq!(decided("slow", "keep"), produced.slow);
+    assert_eq!(decided("no-health-checks", "drop"), produced.health);
+    assert_eq!(decided("baseline", "keep"), telemetry.kept.plain);
+    assert_eq!(
+        decided("none", "drop"),
+        produced.plain - telemetry.kept.plain
+    );
+    assert!(
+        telemetry.kept.plain < produced.plain / 5,
+        "{}",
+        summary.render()
+    );
+    assert_eq!(telemetry.kept.error, produced.error);
+    assert_eq!(telemetry.kept.slow, produced.slow);
+    assert_eq!(telemetry.kept.health, 0);
+    assert!(telemetry.policies_hold(), "{}", summary.render());
+    // The sampled topic: exactly the spans of the kept traces, each once.
+    assert!(telemetry.spans_out > 0);
+    assert_eq!(telemetry.spans_out, telemetry.kept.spans);
+    assert_eq!(
+        (
+            telemetry.spans_missing,
+            telemetry.spans_repeated,
+            telemetry.spans_unexpected
+        ),
+        (0, 0, 0)
+    );
+    assert!(telemetry.spans_exact(), "{}", summary.render());
+    assert!(summary.render().contains("exactly the spans of the"));
 }

@@ -39,7 +39,8 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
-    /// Run the real pipeline on an embedded broker over a payments workload, and summarise.
+    /// Run the real pipelines on an embedded broker over a payments workload and a stream of
+    /// OTLP traces, and summarise.
     Demo {
         /// Records to produce.
         #[arg(long, default_value_t = 50_000)]
@@ -59,6 +60,9 @@ enum Command {
         /// Percentage of payments whose account skips a sequence number before them.
         #[arg(long, default_value_t = 0.05)]
         sequence_gap_percent: f64,
+        /// Traces of the telemetry workload (errors, slow ones, health checks, plain ones).
+        #[arg(long, default_value_t = 2_000)]
+        traces: u64,
     },
     /// Produce a synthetic payments workload (CloudEvents, structured mode) to a broker.
     Generate {
@@ -166,9 +170,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             poison_percent,
             shuffled_accounts_percent,
             sequence_gap_percent,
+            traces,
         } => {
             init_logging(LogFormat::Text, "warn");
-            println!("Starting an embedded Kafka broker and the breadcrumb pipeline...");
+            println!("Starting an embedded Kafka broker and the breadcrumb pipelines...");
             let summary = demo::run(&demo::DemoOptions {
                 records,
                 duplicate_percent,
@@ -176,14 +181,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 poison_percent,
                 shuffled_accounts_percent,
                 sequence_gap_percent,
+                traces,
                 progress: std::io::stderr().is_terminal(),
             })?;
             println!("{}", summary.render());
-            Ok(if summary.conserved() && summary.output_exactly_once {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(
+                if summary.conserved() && summary.output_exactly_once && summary.telemetry.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
         }
         Command::Generate {
             bootstrap,
