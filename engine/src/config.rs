@@ -570,10 +570,15 @@ impl EngineConfig {
                             "{prefix}.ordering: a sampling pipeline has no ordering stage; remove it"
                         ));
                     }
-                    if pipeline.repartition_by.is_some() {
-                        errors.push(format!(
-                            "{prefix}.repartition_by: not supported with sampling yet; partition spans by trace id upstream (the Collector's Kafka exporter `partition_traces_by_id`)"
-                        ));
+                    match (pipeline.repartition_by, &pipeline.decoder) {
+                        (None, _) => {}
+                        (Some(RepartitionKey::TraceId), DecoderConfig::OtlpProto(_)) => {}
+                        (Some(RepartitionKey::TraceId), _) => errors.push(format!(
+                            "{prefix}.repartition_by: batches are split by trace id for `otlp_proto` only; convert `otlp_json` upstream or partition by trace id there"
+                        )),
+                        (Some(_), _) => errors.push(format!(
+                            "{prefix}.repartition_by: a sampling pipeline re-keys by \"trace_id\" only"
+                        )),
                     }
                     if pipeline.duplicates_topic.is_some() || pipeline.conflicts_topic.is_some() {
                         errors.push(format!(

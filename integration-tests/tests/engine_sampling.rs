@@ -319,3 +319,203 @@ fn clock_batch(partition: u8) -> Vec<u8> {
     );
     value
 }
+
+/// Batches that mix spans of many traces, spread over partitions regardless of trace id (an
+/// exporter without `partition_traces_by_id`): with `repartition_by = "trace_id"` the engine
+/// splits each batch by trace through the repartition topic, so every trace is still decided
+/// once, on all its spans.
+#[test]
+fn mixed_batches_are_split_by_trace_id_through_the_repartition_topic() -> Result<()> {
+    use breadcrumb_schemas::otlp::builder::{encode_request, ResourceSpans, Span};
+    use breadcrumb_schemas::otlp::{parse_request, trace_id_hex, Batch};
+
+    const MIXED_TRACES: u8 = 60;
+    const SPANS_PER_TRACE: u8 = 4;
+    let base_ns = 1_700_000_000_000u64 * 1_000_000;
+    let span = |trace: u8, index: u8, end_ms: u64, error: bool| Span {
+        trace_id: [trace + 1; 16],
+        span_id: [trace + 1, index + 1, 0, 0, 0, 0, 0, 1],
+        parent_span_id: (index > 0).then_some([trace + 1, 1, 0, 0, 0, 0, 0, 1]),
+        name: format!("op-{index}"),
+        start_time_unix_nano: base_ns + end_ms * 1_000_000 - 1_000_000,
+        end_time_unix_nano: base_ns + end_ms * 1_000_000,
+        status_code: if error { 2 } else { 0 },
+        attributes: Vec::new(),
+    };
+    // Span i of every trace goes into batch i: each batch holds one span of every trace.
+    let mut batches = Vec::new();
+    for index in 0..SPANS_PER_TRACE {
+        let spans = (0..MIXED_TRACES)
+            .map(|trace| {
+                span(
+                    trace,
+                    index,
+                    u64::from(trace) * 10 + u64::from(index),
+                    trace % 3 == 0 && index == SPANS_PER_TRACE - 1,
+                )
+            })
+            .collect();
+        let mut value = Vec::new();
+        encode_request(
+            &[ResourceSpans {
+                resource: Vec::new(),
+                scope_name: "mixed".into(),
+                spans,
+            }],
+            &mut value,
+        );
+        batches.push(TestRecord::value_only(value).partition(i32::from(index) % PARTITIONS));
+    }
+    // Clock traces an hour later: enough distinct trace ids to reach every partition.
+    let clock_end_ms = 3_600_000;
+    let clock_spans = (200..=255u8)
+        .map(|trace| Span {
+            trace_id: [trace; 16],
+            ..span(0, 0, clock_end_ms, false)
+        })
+        .collect();
+    let mut clock = Vec::new();
+    encode_request(
+        &[ResourceSpans {
+            resource: Vec::new(),
+            scope_name: "clock".into(),
+            spans: clock_spans,
+        }],
+        &mut clock,
+    );
+
+    let dir = tempfile::TempDir::new()?;
+    let broker = Broker::start(Storage::Sqlite(dir.path().join("broker.db")))?;
+    let mut scenario = Scenario::new(&broker.bootstrap(), "sampling-split");
+    scenario.output_topic = format!("{}-sampled", scenario.application_id);
+    create_topics(
+        &scenario.bootstrap,
+        &[(&scenario.input_topic, PARTITIONS)],
+        false,
+    )?;
+    let config = dir.path().join("breadcrumb.toml");
+    let text = config_text(&scenario, dir.path()).replace(
+        "[pipelines.traces.decoder]",
+        "repartition_by = \"trace_id\"\n\n[pipelines.traces.decoder]",
+    );
+    std::fs::write(&config, text)?;
+    produce(&scenario.bootstrap, &scenario.input_topic, &batches)?;
+    produce(
+        &scenario.bootstrap,
+        &scenario.input_topic,
+        &[TestRecord::value_only(clock).partition(0)],
+    )?;
+
+    let log = dir.path().join("engine.log");
+    let engine = EngineProcess::start(&config, &log)?;
+    let decisions_topic = format!("{}-decisions", scenario.output_topic);
+    let deadline = std::time::Instant::now() + CONSUME_TIMEOUT;
+    let committed = loop {
+        let committed = committed_transactions(&[scenario.journal(dir.path(), "a")])?;
+        // The engine creates the decisions topic when it starts.
+        let decided = consume_all(
+            &scenario.bootstrap,
+            &decisions_topic,
+            0,
+            Duration::from_secs(2),
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|record| {
+            record
+                .header("breadcrumb-txn")
+                .is_some_and(|txn| committed.contains(&txn))
+        })
+        .count();
+        if decided >= usize::from(MIXED_TRACES) {
+            break committed;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{decided} decisions so far:\n{}",
+            engine.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    engine.stop()?;
+    let is_committed = |record: &ConsumedRecord| {
+        record
+            .header("breadcrumb-txn")
+            .is_some_and(|txn| committed.contains(&txn))
+    };
+
+    let mut decided: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for record in consume_all(
+        &scenario.bootstrap,
+        &decisions_topic,
+        0,
+        Duration::from_secs(5),
+    )?
+    .iter()
+    .filter(|record| is_committed(record))
+    {
+        let decision: serde_json::Value =
+            serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+        decided
+            .entry(
+                decision["trace_id"]
+                    .as_str()
+                    .context("trace_id")?
+                    .to_owned(),
+            )
+            .or_default()
+            .push(decision);
+    }
+    let mut spans_out: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut batch = Batch::default();
+    for record in consume_all(
+        &scenario.bootstrap,
+        &scenario.output_topic,
+        0,
+        Duration::from_secs(5),
+    )?
+    .iter()
+    .filter(|record| is_committed(record))
+    {
+        let value = record.value.as_deref().unwrap_or_default();
+        parse_request(value, &mut batch).map_err(|error| anyhow::anyhow!(error.message()))?;
+        for span in &batch.spans {
+            let trace = String::from_utf8(trace_id_hex(&span.trace_id).to_vec())?;
+            spans_out
+                .entry(trace)
+                .or_default()
+                .push(value[span.content.clone()].to_vec());
+        }
+    }
+    for trace in 0..MIXED_TRACES {
+        let trace_id = String::from_utf8(trace_id_hex(&[trace + 1; 16]).to_vec())?;
+        let decisions = decided.get(&trace_id).cloned().unwrap_or_default();
+        ensure!(decisions.len() == 1, "trace {trace}: {decisions:?}");
+        let error = trace % 3 == 0;
+        ensure!(
+            decisions[0]["decision"] == if error { "keep" } else { "drop" }
+                && decisions[0]["span_count"] == SPANS_PER_TRACE,
+            "trace {trace} (error {error}): all its spans met on one partition: {}",
+            decisions[0]
+        );
+        let out = spans_out.remove(&trace_id).unwrap_or_default();
+        let distinct: BTreeSet<&Vec<u8>> = out.iter().collect();
+        ensure!(
+            out.len()
+                == if error {
+                    usize::from(SPANS_PER_TRACE)
+                } else {
+                    0
+                }
+                && distinct.len() == out.len(),
+            "trace {trace}: {} spans out",
+            out.len()
+        );
+    }
+    ensure!(
+        spans_out.is_empty(),
+        "spans of other traces: {:?}",
+        spans_out.keys()
+    );
+    Ok(())
+}

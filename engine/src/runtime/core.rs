@@ -25,6 +25,7 @@ use super::pipeline::{
     DEAD_LETTER_REASONS,
 };
 use super::restore::{restore_partition, RestoreMetrics};
+use super::split::{SplitError, TraceSplitter};
 use crate::config::{EngineConfig, ProcessingGuarantee};
 use crate::error::{EngineError, Result};
 use crate::headers;
@@ -96,6 +97,8 @@ pub struct Core {
     route_counts: Vec<u64>,
     dead_letter_topic: String,
     envelope: Envelope,
+    /// Splits OTLP batches by trace id for repartitioning (buffers reused).
+    trace_splitter: TraceSplitter,
     metrics: Metrics,
     health: Arc<Health>,
     /// An error raised inside a rebalance callback, for the loop to act on.
@@ -182,6 +185,7 @@ impl Core {
             pipeline_counts: vec![PipelineCounts::default(); pipeline_count],
             route_counts: vec![0; route_count],
             envelope: Envelope::default(),
+            trace_splitter: TraceSplitter::default(),
             metrics,
             health,
             fatal: None,
@@ -276,6 +280,7 @@ impl Core {
             pipeline_counts,
             envelope,
             dead_letter_topic,
+            trace_splitter,
             ..
         } = self;
         let route = &routes[route_index];
@@ -301,6 +306,43 @@ impl Core {
                         add_source_headers,
                         counts,
                     )?,
+                    Ok(()) if pipeline.splits_traces => {
+                        let (_, topic) = pipeline
+                            .repartition
+                            .as_ref()
+                            .expect("repartition stage has a repartition topic");
+                        let split =
+                            trace_splitter.split(record.value.unwrap_or_default(), |key, part| {
+                                send_record(
+                                    producer,
+                                    topic,
+                                    &RawRecord {
+                                        value: Some(part),
+                                        ..record
+                                    },
+                                    Some(key),
+                                    &[],
+                                    add_source_headers,
+                                    transaction_header,
+                                )
+                            });
+                        match split {
+                            Ok(()) => {}
+                            Err(SplitError::Emit(error)) => return Err(error.into()),
+                            Err(SplitError::Batch(error)) => dead_letter(
+                                producer,
+                                dead_letter_topic,
+                                &pipeline.name,
+                                pipeline.withhold_dead_letter_payload,
+                                &record,
+                                "invalid_protobuf",
+                                error.message(),
+                                transaction_header,
+                                add_source_headers,
+                                counts,
+                            )?,
+                        }
+                    }
                     Ok(()) => {
                         let (key_kind, topic) = pipeline
                             .repartition

@@ -12,6 +12,7 @@ pub mod context;
 mod core;
 pub mod pipeline;
 pub mod restore;
+mod split;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -84,6 +84,9 @@ pub struct PipelineMetrics {
 /// A compiled pipeline.
 pub struct Pipeline {
     pub name: String,
+    /// Records are OTLP batches re-keyed by trace id: the repartition stage splits each into one
+    /// request per trace instead of re-keying it whole.
+    pub splits_traces: bool,
     /// Dead letters keep only their coordinates and reason: set when the pipeline rewrites
     /// personal data, which it cannot do for a record it could not read.
     pub withhold_dead_letter_payload: bool,
@@ -307,6 +310,7 @@ pub fn compile(
         pipelines.push(Pipeline {
             name: name.clone(),
             withhold_dead_letter_payload: pipeline_config.pii.is_some(),
+            splits_traces: pipeline_config.sampling.is_some() && repartition.is_some(),
             decoder: build_decoder(&pipeline_config.decoder).map_err(|error| {
                 EngineError::Config(vec![format!("pipelines.{name}.decoder.{error}")])
             })?,
