@@ -33,6 +33,6 @@ mod kafka;
 pub use broker::{nisshi_binary, Broker, BrokerOptions, Storage};
 pub use kafka::{
     base_config, committed_offsets, consume_all, consume_all_read_uncommitted, create_topics,
-    describe_topic_config, partition_count, produce, unique_name, watermarks, ConsumedRecord,
-    TestRecord,
+    describe_topic_config, partition_count, produce, produce_with_raw_header_name, unique_name,
+    watermarks, ConsumedRecord, TestRecord,
 };

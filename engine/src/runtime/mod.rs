@@ -11,6 +11,7 @@ mod chain;
 pub mod context;
 mod core;
 pub mod pipeline;
+mod quarantine;
 pub mod restore;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use self::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
 use self::core::{Core, CoreParts};
+pub use self::core::{COMMIT_DELAY_ENV, PANIC_ON_ID_ENV};
 use crate::config::{EngineConfig, ProcessingGuarantee};
 use crate::error::{EngineError, Result};
 use crate::http::Health;
@@ -137,12 +139,14 @@ pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
             add(config.changelog_topic(&store), true, true);
         }
     }
-    specs.push(TopicSpec {
-        name: config.dead_letter_topic(),
-        partitions: max_partitions,
-        compacted: false,
-        exact_partitions: false,
-    });
+    for name in [config.dead_letter_topic(), config.ledger_topic()] {
+        specs.push(TopicSpec {
+            name,
+            partitions: max_partitions,
+            compacted: false,
+            exact_partitions: false,
+        });
+    }
     specs.dedup_by(|a, b| a.name == b.name);
     Ok(specs)
 }

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 
 /// Reasons a record is dead-lettered: every decode class plus what operators and the
 /// repartition stage reject with. Indexes count dead letters per transaction without hashing.
-pub const DEAD_LETTER_REASONS: [&str; 9] = [
+pub const DEAD_LETTER_REASONS: [&str; 14] = [
     "missing_value",
     "invalid_utf8",
     "invalid_json",
@@ -24,6 +24,11 @@ pub const DEAD_LETTER_REASONS: [&str; 9] = [
     "invalid_trace_context",
     "unsupported_format",
     "oversized",
+    "oversized_key",
+    "invalid_headers",
+    "event_time_future",
+    "event_time_past",
+    "quarantined",
     "other",
 ];
 
