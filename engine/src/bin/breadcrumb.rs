@@ -334,6 +334,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn run_engine(config: EngineConfig) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
+    // A panic on the engine thread poisons the processing core's lock; the rebalance callbacks
+    // librdkafka runs while the consumer is dropped then panic in turn, and the process hung
+    // instead of exiting (found by the crash-quarantine test). Die at once instead: the last
+    // commit is the truth, a supervisor restarts the process, and a record that keeps causing
+    // this is quarantined.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report_panic(info);
+        std::process::abort();
+    }));
     tracing::info!(
         application_id = %config.application_id,
         instance_id = %config.instance_id(),

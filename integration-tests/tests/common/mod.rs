@@ -53,6 +53,8 @@ pub struct Scenario {
     /// TOML appended to the pipeline's configuration (e.g. an `[pipelines.payments.ordering]`
     /// table).
     pub extra_toml: String,
+    /// Consumer session timeout: short, so a killed instance's partitions move on quickly.
+    pub session_timeout_ms: Option<u64>,
 }
 
 impl Scenario {
@@ -68,6 +70,7 @@ impl Scenario {
             commit_interval_ms: 100,
             repartition_by: None,
             extra_toml: String::new(),
+            session_timeout_ms: None,
         }
     }
 
@@ -92,6 +95,7 @@ transaction_timeout_ms = 10000
 [kafka]
 "bootstrap.servers" = "{bootstrap}"
 "broker.address.family" = "v4"
+{session}
 
 [state]
 dir = "{state}"
@@ -112,6 +116,15 @@ format = "cloudevents"
 {extra}
 "#,
             extra = self.extra_toml,
+            session = self
+                .session_timeout_ms
+                .map(|ms| {
+                    format!(
+                        "\"session.timeout.ms\" = \"{ms}\"\n\"heartbeat.interval.ms\" = \"{}\"",
+                        (ms / 6).max(100)
+                    )
+                })
+                .unwrap_or_default(),
             app = self.application_id,
             commit = self.commit_interval_ms,
             dlq = self.dead_letter_topic,
