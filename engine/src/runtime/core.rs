@@ -48,6 +48,9 @@ pub const PANIC_ON_ID_ENV: &str = "BREADCRUMB_TEST_PANIC_ON_ID";
 /// `commit_transaction`, so a test can kill the engine inside a commit (inert unless set).
 pub const COMMIT_DELAY_ENV: &str = "BREADCRUMB_TEST_COMMIT_DELAY_MS";
 
+/// librdkafka's default `session.timeout.ms`.
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+
 pub type TransactionalProducer = ThreadedProducer<DeliveryContext>;
 
 /// State of one input partition of a pipeline.
@@ -138,6 +141,8 @@ pub struct Core {
     commit_now: bool,
     panic_on_id: Option<String>,
     commit_delay: Option<Duration>,
+    /// The consumer's session timeout: a transaction open longer may belong to a zombie.
+    session_timeout: Duration,
 }
 
 pub struct CoreParts {
@@ -241,6 +246,13 @@ impl Core {
                 .ok()
                 .and_then(|ms| ms.parse().ok())
                 .map(Duration::from_millis),
+            session_timeout: Duration::from_millis(
+                config
+                    .kafka
+                    .get("session.timeout.ms")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS),
+            ),
             config,
         }
     }
@@ -601,6 +613,9 @@ impl Core {
             return Ok(());
         }
         let started = Instant::now();
+        if self.membership_in_doubt(consumer) {
+            return self.abort_in_doubt(consumer);
+        }
         if let Err(error) = self.write_changelogs().and_then(|()| self.write_ledger()) {
             return match error {
                 EngineError::Kafka(kafka) => self.recover(consumer, kafka),
@@ -641,6 +656,9 @@ impl Core {
                 if let Some(delay) = self.commit_delay {
                     std::thread::sleep(delay);
                 }
+                if self.membership_in_doubt(consumer) {
+                    return self.abort_in_doubt(consumer);
+                }
                 let mut attempt = 0;
                 loop {
                     match self.producer.commit_transaction(KAFKA_CALL_TIMEOUT) {
@@ -669,6 +687,27 @@ impl Core {
             }
         }
         self.after_commit(started)
+    }
+
+    /// Whether the group may have given this instance's partitions to another member while the
+    /// open transaction was being filled: librdkafka says the assignment is lost, or the
+    /// transaction has been open longer than the session timeout (the whole process was stopped,
+    /// so not even the background heartbeats ran). Committing then could publish a zombie's
+    /// output next to the new owner's: Apache Kafka fences it by the group generation in
+    /// `TxnOffsetCommit`, test brokers may not, and aborting is always safe.
+    fn membership_in_doubt(&self, consumer: &BaseConsumer<EngineContext>) -> bool {
+        self.guarantee == ProcessingGuarantee::ExactlyOnce
+            && (consumer.assignment_lost()
+                || self.transaction_started.elapsed() >= self.session_timeout)
+    }
+
+    fn abort_in_doubt(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+        tracing::warn!(
+            open_ms = self.transaction_started.elapsed().as_millis() as u64,
+            lost = consumer.assignment_lost(),
+            "The group may have moved this instance's partitions while the transaction was open; aborting it instead of committing."
+        );
+        self.abort(consumer, &[])
     }
 
     /// Writes the operators' checkpoints and every dirty store entry to the changelogs.

@@ -55,6 +55,9 @@ pub struct Scenario {
     pub extra_toml: String,
     /// Consumer session timeout: short, so a killed instance's partitions move on quickly.
     pub session_timeout_ms: Option<u64>,
+    /// Static group membership (`group.instance.id` = the instance id): a restarted instance
+    /// takes its predecessor's place without a rebalance.
+    pub static_membership: bool,
 }
 
 impl Scenario {
@@ -71,6 +74,7 @@ impl Scenario {
             repartition_by: None,
             extra_toml: String::new(),
             session_timeout_ms: None,
+            static_membership: false,
         }
     }
 
@@ -96,6 +100,7 @@ transaction_timeout_ms = 10000
 "bootstrap.servers" = "{bootstrap}"
 "broker.address.family" = "v4"
 {session}
+{membership}
 
 [state]
 dir = "{state}"
@@ -116,6 +121,11 @@ format = "cloudevents"
 {extra}
 "#,
             extra = self.extra_toml,
+            membership = if self.static_membership {
+                format!("\"group.instance.id\" = \"{instance}\"")
+            } else {
+                String::new()
+            },
             session = self
                 .session_timeout_ms
                 .map(|ms| {
