@@ -482,6 +482,26 @@ mod tests {
     }
 
     #[test]
+    fn ledger_avro_schema_names_exactly_the_json_fields() {
+        let schema =
+            apache_avro::Schema::parse_str(include_str!("../../schemas/avro/ledger.avsc")).unwrap();
+        let apache_avro::Schema::Record(record) = schema else {
+            panic!("a record schema");
+        };
+        let mut in_schema: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
+        let json = serde_json::to_value(entry("t", 0, 1, outputs(&["a"]))).unwrap();
+        let mut in_json: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        in_schema.sort_unstable();
+        in_json.sort_unstable();
+        assert_eq!(in_schema, in_json);
+    }
+
+    #[test]
     fn ledger_identity_counts_what_waits_in_state() {
         let mut counts = outputs(&["a"]);
         counts.input = 3;

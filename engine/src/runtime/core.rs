@@ -25,6 +25,7 @@ use super::pipeline::{
 };
 use super::quarantine::{CrashGuard, Verdict};
 use super::restore::{restore_partition, RestoreMetrics};
+use super::stall::StallFlag;
 use crate::config::{EngineConfig, InputConfig, ProcessingGuarantee};
 use crate::error::{EngineError, Result};
 use crate::headers;
@@ -48,8 +49,14 @@ pub const PANIC_ON_ID_ENV: &str = "BREADCRUMB_TEST_PANIC_ON_ID";
 /// `commit_transaction`, so a test can kill the engine inside a commit (inert unless set).
 pub const COMMIT_DELAY_ENV: &str = "BREADCRUMB_TEST_COMMIT_DELAY_MS";
 
+/// Transactions aborted in a row before the producer is recreated: a broker can keep failing a
+/// producer's transactions at one epoch (seen with Nisshi 0.7: after a `TxnOffsetCommit` hit a
+/// unique-constraint error, every later one of that producer failed), and a new producer starts
+/// at a new epoch.
+const ABORTS_BEFORE_NEW_PRODUCER: u32 = 3;
+
 /// librdkafka's default `session.timeout.ms`.
-const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+pub(super) const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
 
 pub type TransactionalProducer = ThreadedProducer<DeliveryContext>;
 
@@ -143,6 +150,10 @@ pub struct Core {
     commit_delay: Option<Duration>,
     /// The consumer's session timeout: a transaction open longer may belong to a zombie.
     session_timeout: Duration,
+    /// Transactions aborted since the last commit.
+    aborts_in_a_row: u32,
+    /// Set when the whole process was stopped long enough to lose its group membership.
+    stall: StallFlag,
 }
 
 pub struct CoreParts {
@@ -156,6 +167,7 @@ pub struct CoreParts {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub incarnation: String,
+    pub stall: StallFlag,
 }
 
 impl Core {
@@ -171,6 +183,7 @@ impl Core {
             metrics,
             health,
             incarnation,
+            stall,
         } = parts;
         let route_by_topic: HashMap<String, usize> = routes
             .iter()
@@ -246,6 +259,8 @@ impl Core {
                 .ok()
                 .and_then(|ms| ms.parse().ok())
                 .map(Duration::from_millis),
+            aborts_in_a_row: 0,
+            stall,
             session_timeout: Duration::from_millis(
                 config
                     .kafka
@@ -697,7 +712,8 @@ impl Core {
     /// `TxnOffsetCommit`, test brokers may not, and aborting is always safe.
     fn membership_in_doubt(&self, consumer: &BaseConsumer<EngineContext>) -> bool {
         self.guarantee == ProcessingGuarantee::ExactlyOnce
-            && (consumer.assignment_lost()
+            && (self.stall.is_set()
+                || consumer.assignment_lost()
                 || self.transaction_started.elapsed() >= self.session_timeout)
     }
 
@@ -705,9 +721,25 @@ impl Core {
         tracing::warn!(
             open_ms = self.transaction_started.elapsed().as_millis() as u64,
             lost = consumer.assignment_lost(),
+            stopped = self.stall.is_set(),
             "The group may have moved this instance's partitions while the transaction was open; aborting it instead of committing."
         );
-        self.abort(consumer, &[])
+        self.abort(consumer, &[])?;
+        self.fence_if_stalled(consumer)
+    }
+
+    /// After the process was stopped, nothing this member believes it owns can be trusted
+    /// until it has rejoined: abort what is open and have the clients recreated (a new
+    /// producer epoch, a new group member), whatever librdkafka has noticed so far.
+    pub fn fence_if_stalled(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+        if self.guarantee != ProcessingGuarantee::ExactlyOnce || !self.stall.take() {
+            return Ok(());
+        }
+        self.abort(consumer, &[])?;
+        Err(EngineError::Fatal(
+            "the process was stopped longer than half the session timeout; rejoining the group"
+                .to_owned(),
+        ))
     }
 
     /// Writes the operators' checkpoints and every dirty store entry to the changelogs.
@@ -866,6 +898,7 @@ impl Core {
         }
         self.publish_waiting();
         self.commit_now = false;
+        self.aborts_in_a_row = 0;
         self.metrics
             .transactions
             .with_label_values(&["committed"])
@@ -910,6 +943,12 @@ impl Core {
         };
         if !abortable {
             return Err(EngineError::Fatal(error.to_string()));
+        }
+        if self.aborts_in_a_row + 1 >= ABORTS_BEFORE_NEW_PRODUCER {
+            return Err(EngineError::Fatal(format!(
+                "{} transactions failed in a row, the last with: {error}",
+                self.aborts_in_a_row + 1
+            )));
         }
         tracing::warn!(%error, "Transaction failed; aborting and rewinding to the last commit.");
         self.abort(consumer, &[])
@@ -984,6 +1023,7 @@ impl Core {
             .transactions
             .with_label_values(&["aborted"])
             .inc();
+        self.aborts_in_a_row += 1;
         self.transaction_open = false;
         Ok(())
     }
