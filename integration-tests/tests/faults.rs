@@ -530,6 +530,7 @@ fn faults_rebalances_and_a_paused_instance_is_fenced() -> Result<()> {
     }
     let a_log = std::fs::read_to_string(&log_a)?;
     let aborted_in_doubt = a_log.matches("aborting it instead of committing").count();
+    let stops_seen = a_log.matches("The process was stopped").count();
     let found = check_invariants(&scenario, &config_a, &journals, &input)?;
     print_table(
         "group scenario (2 instances)",
@@ -549,7 +550,7 @@ fn faults_rebalances_and_a_paused_instance_is_fenced() -> Result<()> {
         &found,
     );
     println!(
-        "paused instance: {} transaction(s) open at the pause, {zombie_commits} committed after resume; {aborted_in_doubt} aborted as in doubt (journal before pause: {} lines)",
+        "paused instance: {} transaction(s) open at the pause, {zombie_commits} committed after resume; stop noticed {stops_seen} time(s), {aborted_in_doubt} commit(s) aborted as in doubt (journal before pause: {} lines)",
         open_at_pause.len(),
         paused_at.lines().count()
     );
@@ -557,6 +558,10 @@ fn faults_rebalances_and_a_paused_instance_is_fenced() -> Result<()> {
         !open_at_pause.is_empty(),
         "the pause landed with no transaction open: nothing was tested\n{}",
         common::log_tail(&log_a, 200)
+    );
+    ensure!(
+        stops_seen > 0,
+        "the resumed instance did not notice it had been stopped"
     );
     ensure!(
         zombie_commits == 0,
