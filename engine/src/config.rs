@@ -66,6 +66,22 @@ pub const fn default_write_buffer_bytes() -> usize {
     32 << 20
 }
 
+/// Keys longer than this are not business keys; 16 KiB leaves room for composite keys.
+pub const fn default_max_key_bytes() -> usize {
+    16 * 1024
+}
+
+/// Far above what real producers attach, far below what would slow a record down.
+pub const fn default_max_headers() -> usize {
+    256
+}
+
+/// Crashes at one offset before its record is quarantined: one crash may be a coincidence
+/// (a kill, an OOM), three at the same record are not.
+pub const fn default_quarantine_after_crashes() -> u32 {
+    3
+}
+
 pub fn default_log_level() -> String {
     "info".to_owned()
 }
@@ -120,6 +136,11 @@ pub struct EngineConfig {
     /// Dead-letter topic; defaults to `<application_id>-dlq`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Reconciliation ledger topic: one record per transaction and input partition (offset
+    /// range, counts, output digest), written in the same transaction; defaults to
+    /// `<application_id>-ledger`.
+    #[serde(default)]
+    pub ledger_topic: Option<String>,
     /// Replication factor of topics breadcrumb creates; -1 uses the broker default.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
@@ -140,6 +161,9 @@ pub struct EngineConfig {
     /// How generated records (gap records) are encoded.
     #[serde(default)]
     pub generated_records: GeneratedRecordsConfig,
+    /// Limits on input records and crash quarantine.
+    #[serde(default)]
+    pub input: InputConfig,
     /// Local state.
     #[serde(default)]
     pub state: StateConfig,
@@ -204,6 +228,36 @@ pub struct GeneratedRecordsConfig {
     /// The Schema Registry the schemas are registered with (`format = "avro"`; `url` required).
     #[serde(default)]
     pub registry: Option<RegistryConfig>,
+}
+
+/// `[input]`: what makes an input record poison before any decoder sees it, and when a record
+/// that keeps crashing the engine is set aside.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Records with a longer key go to the dead-letter topic (reason `oversized_key`), without
+    /// the key.
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
+    /// Records with more headers go to the dead-letter topic (reason `invalid_headers`), as do
+    /// records with a header name that is not UTF-8.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// A record the engine crashed on this many times (at the same offset, counted in the state
+    /// directory) goes to the dead-letter topic with reason `quarantined` instead of being
+    /// processed again.
+    #[serde(default = "default_quarantine_after_crashes")]
+    pub quarantine_after_crashes: u32,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: default_max_key_bytes(),
+            max_headers: default_max_headers(),
+            quarantine_after_crashes: default_quarantine_after_crashes(),
+        }
+    }
 }
 
 /// `[http]`: Prometheus `/metrics`, `/healthz`, `/readyz`.
@@ -461,6 +515,12 @@ impl EngineConfig {
                 self.transaction_timeout_ms, self.commit_interval_ms
             ));
         }
+        if self.input.max_key_bytes == 0 {
+            errors.push("input.max_key_bytes: must be positive".to_owned());
+        }
+        if self.input.quarantine_after_crashes == 0 {
+            errors.push("input.quarantine_after_crashes: must be positive".to_owned());
+        }
         if self.replication_factor == 0 || self.replication_factor < -1 {
             errors.push("replication_factor: must be -1 (broker default) or positive".to_owned());
         }
@@ -608,6 +668,13 @@ impl EngineConfig {
         self.dead_letter_topic
             .clone()
             .unwrap_or_else(|| format!("{}-dlq", self.application_id))
+    }
+
+    /// The reconciliation ledger topic.
+    pub fn ledger_topic(&self) -> String {
+        self.ledger_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-ledger", self.application_id))
     }
 
     /// This instance's id.

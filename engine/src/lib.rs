@@ -6,6 +6,7 @@
 //! - [`topics`]: creating output and internal topics shaped after the inputs.
 //! - [`journal`]: the transaction journal used to check output on brokers that leak aborted
 //!   records.
+//! - [`ledger`]: the reconciliation ledger written with every transaction, and its checker.
 //! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 //! - [`demo`], [`generate`], [`generate_traces`], [`verify`]: the embedded demo, the payments
 //!   and telemetry workload generators and the exactly-once checker behind the CLI.
@@ -18,7 +19,9 @@ pub mod generate_traces;
 pub mod headers;
 pub mod http;
 pub mod journal;
+pub mod ledger;
 pub mod metrics;
+pub mod raw_headers;
 pub mod runtime;
 pub mod topics;
 pub mod verify;

@@ -11,13 +11,17 @@ use std::time::{Duration, Instant};
 use breadcrumb_schemas::{build_decoder, Envelope, RawRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::headers;
 use crate::journal;
+use crate::ledger::{
+    id_hash, EntryKey, LedgerEntry, LedgerReport, Observable, Observed, LEDGER_FORMAT_VERSION,
+};
+use crate::raw_headers::read_headers;
 use crate::runtime::base_client_config;
 use crate::runtime::context::EndOfPartitionContext;
 
@@ -34,7 +38,10 @@ pub struct Report {
     pub output_records: u64,
     /// Output records ignored as belonging to aborted transactions.
     pub aborted_output_records: u64,
-    /// Input ids missing from the output.
+    /// Input ids found only in the dead-letter topic (every copy rejected: accounted for, not
+    /// lost).
+    pub dead_lettered_ids: u64,
+    /// Input ids missing from the output and the dead-letter topic.
     pub lost: Vec<String>,
     /// Ids found more than once in the output, with their count.
     pub duplicated: Vec<(String, u64)>,
@@ -113,14 +120,14 @@ pub fn read_topic(
 }
 
 fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .filter(|header| header.key == name)
-            .last()
-            .and_then(|header| header.value)
-            .map(|value| String::from_utf8_lossy(value).into_owned())
-    })
+    let mut pairs: Vec<(&str, Option<&[u8]>)> = Vec::new();
+    read_headers(message.headers()?.as_borrowed(), &mut pairs);
+    pairs
+        .into_iter()
+        .filter(|(key, _)| *key == name)
+        .last()
+        .and_then(|(_, value)| value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// Decodes `message` with `decoder`, returning its id.
@@ -129,15 +136,13 @@ fn decoded_id(
     message: &OwnedMessage,
     envelope: &mut Envelope,
 ) -> Option<String> {
-    let header_pairs: Vec<(&str, Option<&[u8]>)> = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| (header.key, header.value))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut header_pairs: Vec<(&str, Option<&[u8]>)> = Vec::new();
+    if let Some(headers) = message.headers() {
+        if read_headers(headers.as_borrowed(), &mut header_pairs) > 0 {
+            // The engine dead-letters such a record before decoding it.
+            return None;
+        }
+    }
     let record = RawRecord {
         topic: message.topic(),
         partition: message.partition(),
@@ -190,11 +195,7 @@ pub fn verify(
     }
     report.distinct_input_ids = input_ids.len() as u64;
 
-    let mut committed: Option<BTreeMap<String, bool>> = None;
-    for path in journals {
-        let (outcomes, _) = journal::read(path)?;
-        committed.get_or_insert_with(BTreeMap::new).extend(outcomes);
-    }
+    let committed = committed_transactions(journals)?;
     let mut output_counts: HashMap<String, u64> = HashMap::new();
     for message in read_topic(&client_config, &pipeline.output_topic, timeout)? {
         if let Some(outcomes) = &committed {
@@ -208,9 +209,24 @@ pub fn verify(
         let id = decoded_id(decoder.as_ref(), &message, &mut envelope).unwrap_or_default();
         *output_counts.entry(id).or_default() += 1;
     }
+    let mut dead_lettered: BTreeSet<String> = BTreeSet::new();
+    for message in read_topic(&client_config, &config.dead_letter_topic(), timeout)? {
+        if header_text(&message, headers::DLQ_PIPELINE).as_deref() != Some(pipeline_name)
+            || committed_transaction(&message, &committed).is_none()
+        {
+            continue;
+        }
+        if let Some(id) = decoded_id(decoder.as_ref(), &message, &mut envelope) {
+            dead_lettered.insert(id);
+        }
+    }
     for id in &input_ids {
         if !output_counts.contains_key(id) {
-            report.lost.push(id.clone());
+            if dead_lettered.contains(id) {
+                report.dead_lettered_ids += 1;
+            } else {
+                report.lost.push(id.clone());
+            }
         }
     }
     let mut duplicated: Vec<(String, u64)> = output_counts
@@ -227,5 +243,196 @@ pub fn verify(
         .collect();
     unexpected.sort();
     report.unexpected = unexpected;
+    Ok(report)
+}
+
+/// Committed transactions of the journals; `None` without journals (every record counts).
+fn committed_transactions(journals: &[PathBuf]) -> Result<Option<BTreeMap<String, bool>>> {
+    let mut committed: Option<BTreeMap<String, bool>> = None;
+    for path in journals {
+        let (outcomes, _) = journal::read(path)?;
+        committed.get_or_insert_with(BTreeMap::new).extend(outcomes);
+    }
+    Ok(committed)
+}
+
+/// The transaction of `message`, if it committed (always, without journals).
+fn committed_transaction(
+    message: &OwnedMessage,
+    committed: &Option<BTreeMap<String, bool>>,
+) -> Option<String> {
+    let transaction = header_text(message, headers::TRANSACTION)?;
+    match committed {
+        Some(outcomes) if outcomes.get(&transaction) != Some(&true) => None,
+        _ => Some(transaction),
+    }
+}
+
+/// Source coordinates breadcrumb put on a record it published.
+fn source_of(message: &OwnedMessage) -> Option<(String, i32, i64)> {
+    Some((
+        header_text(message, headers::SOURCE_TOPIC)?,
+        header_text(message, headers::SOURCE_PARTITION)?
+            .parse()
+            .ok()?,
+        header_text(message, headers::SOURCE_OFFSET)?.parse().ok()?,
+    ))
+}
+
+/// Which tally a published record adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tally {
+    Out,
+    Duplicates,
+    Conflicts,
+    Late,
+    Gaps,
+    DeadLetters,
+}
+
+/// Checks a pipeline's reconciliation ledger against its topics: every committed input offset
+/// in exactly one committed ledger range, each range's `in` equal to the input records in it,
+/// the identity `in = out + ...` holding, and each count and the output digest equal to what
+/// that transaction is seen to have published for that partition.
+pub fn verify_ledger(
+    config: &EngineConfig,
+    pipeline_name: &str,
+    journals: &[PathBuf],
+    timeout: Duration,
+) -> Result<LedgerReport> {
+    let pipeline = config.pipelines.get(pipeline_name).ok_or_else(|| {
+        EngineError::Config(vec![format!("pipelines.{pipeline_name}: no such pipeline")])
+    })?;
+    let client_config = base_client_config(config);
+    let committed = committed_transactions(journals)?;
+    let decoder = build_decoder(&pipeline.decoder).map_err(|error| {
+        EngineError::Config(vec![format!("pipelines.{pipeline_name}.decoder.{error}")])
+    })?;
+    let mut envelope = Envelope::default();
+
+    let mut entries = Vec::new();
+    let mut bad_records = Vec::new();
+    for message in read_topic(&client_config, &config.ledger_topic(), timeout)? {
+        if committed_transaction(&message, &committed).is_none() {
+            continue;
+        }
+        match serde_json::from_slice::<LedgerEntry>(message.payload().unwrap_or_default()) {
+            Ok(entry) if entry.version != LEDGER_FORMAT_VERSION => bad_records.push(format!(
+                "ledger record at {}:{} has unknown version {}",
+                message.partition(),
+                message.offset(),
+                entry.version
+            )),
+            Ok(entry) => {
+                if entry.pipeline == pipeline_name {
+                    entries.push(entry);
+                }
+            }
+            Err(error) => bad_records.push(format!(
+                "ledger record at {}:{} does not parse: {error}",
+                message.partition(),
+                message.offset()
+            )),
+        }
+    }
+
+    let repartition_topic = pipeline
+        .repartition_by
+        .map(|_| config.repartition_topic(pipeline_name));
+    let mut inputs: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
+    let mut consumed: Vec<String> = pipeline.input_topics.clone();
+    consumed.extend(repartition_topic.clone());
+    // Where each original record went in the repartition topic: its outputs are attributed to
+    // that partition of the stateful stage.
+    let mut repartitioned_to: HashMap<(String, i32, i64), i32> = HashMap::new();
+    let mut observed: HashMap<EntryKey, Observed> = HashMap::new();
+    let mut unattributed = 0;
+    for topic in &consumed {
+        for message in read_topic(&client_config, topic, timeout)? {
+            inputs
+                .entry((topic.clone(), message.partition()))
+                .or_default()
+                .push(message.offset());
+            if Some(topic) == repartition_topic.as_ref() {
+                let Some(source) = source_of(&message) else {
+                    unattributed += 1;
+                    continue;
+                };
+                repartitioned_to.insert(source.clone(), message.partition());
+                if let Some(transaction) = committed_transaction(&message, &committed) {
+                    observed
+                        .entry((transaction, source.0, source.1))
+                        .or_default()
+                        .repartitioned += 1;
+                }
+            }
+        }
+    }
+    for offsets in inputs.values_mut() {
+        offsets.sort_unstable();
+    }
+
+    let mut published: Vec<(String, Tally)> = vec![
+        (pipeline.output_topic.clone(), Tally::Out),
+        (pipeline.conflicts_topic(), Tally::Conflicts),
+    ];
+    if let Some(topic) = &pipeline.duplicates_topic {
+        published.push((topic.clone(), Tally::Duplicates));
+    }
+    if let Some(topic) = pipeline.late_topic() {
+        published.push((topic, Tally::Late));
+    }
+    if let Some(topic) = pipeline.gaps_topic() {
+        published.push((topic, Tally::Gaps));
+    }
+    published.push((config.dead_letter_topic(), Tally::DeadLetters));
+    for (topic, tally) in &published {
+        for message in read_topic(&client_config, topic, timeout)? {
+            if *tally == Tally::DeadLetters
+                && header_text(&message, headers::DLQ_PIPELINE).as_deref() != Some(pipeline_name)
+            {
+                continue;
+            }
+            let Some(transaction) = committed_transaction(&message, &committed) else {
+                continue;
+            };
+            let Some(source) = source_of(&message) else {
+                // Gap records of a repartitioned pipeline name no source partition.
+                if !(*tally == Tally::Gaps && repartition_topic.is_some()) {
+                    unattributed += 1;
+                }
+                continue;
+            };
+            let key = match (&repartition_topic, repartitioned_to.get(&source)) {
+                (Some(topic), Some(partition)) => (transaction, topic.clone(), *partition),
+                _ => (transaction, source.0, source.1),
+            };
+            let found = observed.entry(key).or_default();
+            match tally {
+                Tally::Out => {
+                    found.out += 1;
+                    let id =
+                        decoded_id(decoder.as_ref(), &message, &mut envelope).unwrap_or_default();
+                    found.output_digest = found.output_digest.wrapping_add(id_hash(id.as_bytes()));
+                }
+                Tally::Duplicates => found.duplicates += 1,
+                Tally::Conflicts => found.conflicts += 1,
+                Tally::Late => found.late += 1,
+                Tally::Gaps => found.gaps += 1,
+                Tally::DeadLetters => found.dead_letters += 1,
+            }
+        }
+    }
+    let mut report = crate::ledger::check(
+        &entries,
+        &inputs,
+        &observed,
+        unattributed,
+        Observable {
+            duplicates: pipeline.duplicates_topic.is_some(),
+            gaps: repartition_topic.is_none(),
+        },
+    );
+    report.violations.extend(bad_records);
     Ok(report)
 }

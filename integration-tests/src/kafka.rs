@@ -499,3 +499,77 @@ fn block_on<F: Future>(future: F) -> F::Output {
         }
     }
 }
+
+/// Produces one record whose header name is arbitrary bytes (`name` must not contain NUL). The
+/// safe rdkafka API only takes `&str` names, so this goes through librdkafka's `produceva`:
+/// the way a non-Rust producer can put garbage header names on a topic.
+pub fn produce_with_raw_header_name(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    value: &[u8],
+    name: &[u8],
+    header_value: &[u8],
+) -> Result<()> {
+    use rdkafka::bindings as rdsys;
+    use std::ffi::CString;
+    let producer: rdkafka::producer::BaseProducer = base_config(bootstrap)
+        .set("message.timeout.ms", "30000")
+        .create()
+        .context("creating producer")?;
+    let topic_name = CString::new(topic)?;
+    let header_name = CString::new(name).context("header name contains NUL")?;
+    let mut vus: Vec<rdsys::rd_kafka_vu_t> = Vec::new();
+    let mut push = |vtype, u| vus.push(rdsys::rd_kafka_vu_t { vtype, u });
+    push(
+        rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC,
+        rdsys::rd_kafka_vu_s__bindgen_ty_1 {
+            cstr: topic_name.as_ptr(),
+        },
+    );
+    push(
+        rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
+        rdsys::rd_kafka_vu_s__bindgen_ty_1 { i32_: partition },
+    );
+    push(
+        rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
+        rdsys::rd_kafka_vu_s__bindgen_ty_1 {
+            mem: rdsys::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+                ptr: value.as_ptr() as *mut std::ffi::c_void,
+                size: value.len(),
+            },
+        },
+    );
+    push(
+        rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
+        rdsys::rd_kafka_vu_s__bindgen_ty_1 {
+            i: rdsys::RD_KAFKA_MSG_F_COPY as std::ffi::c_int,
+        },
+    );
+    push(
+        rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADER,
+        rdsys::rd_kafka_vu_s__bindgen_ty_1 {
+            header: rdsys::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_2 {
+                name: header_name.as_ptr(),
+                val: header_value.as_ptr().cast(),
+                size: header_value.len() as isize,
+            },
+        },
+    );
+    // SAFETY: every pointer outlives the call (librdkafka copies value and header with
+    // RD_KAFKA_MSG_F_COPY / always copies headers).
+    let error = unsafe {
+        rdsys::rd_kafka_produceva(producer.client().native_ptr(), vus.as_ptr(), vus.len())
+    };
+    if !error.is_null() {
+        let message = unsafe { std::ffi::CStr::from_ptr(rdsys::rd_kafka_error_string(error)) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { rdsys::rd_kafka_error_destroy(error) };
+        bail!("produceva: {message}");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .context("flushing producer")?;
+    Ok(())
+}

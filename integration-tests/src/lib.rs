@@ -34,7 +34,7 @@ mod registry;
 pub use broker::{nisshi_binary, Broker, BrokerOptions, Storage};
 pub use kafka::{
     base_config, committed_offsets, consume_all, consume_all_read_uncommitted, create_topics,
-    describe_topic_config, partition_count, produce, register_client_settings, unique_name,
-    watermarks, ConsumedRecord, TestRecord,
+    describe_topic_config, partition_count, produce, produce_with_raw_header_name,
+    register_client_settings, unique_name, watermarks, ConsumedRecord, TestRecord,
 };
 pub use registry::SchemaRegistry;

@@ -16,7 +16,7 @@ use breadcrumb_engine::generate::{self, ProducedCounts, WorkloadSpec};
 use breadcrumb_integration_tests::{
     base_config, consume_all, create_topics, Broker, ConsumedRecord, Storage,
 };
-use common::{committed_transactions, verify, EngineProcess, Scenario};
+use common::{assert_ledger_consistent, committed_transactions, verify, EngineProcess, Scenario};
 
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -72,6 +72,11 @@ fn assert_verified(config: &std::path::Path, journals: &[PathBuf]) -> Result<()>
     let (exactly_once, report) = verify(config, journals)?;
     ensure!(exactly_once, "verify failed:\n{report}");
     ensure!(report.contains("exactly once: yes"), "{report}");
+    let ledger = assert_ledger_consistent(config, journals)?;
+    ensure!(
+        !ledger.contains("ledger: 0 committed records"),
+        "the ledger is not empty:\n{ledger}"
+    );
     Ok(())
 }
 

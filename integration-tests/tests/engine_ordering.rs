@@ -13,7 +13,7 @@ use breadcrumb_engine::generate::{self, RecordKind, Workload, WorkloadSpec};
 use breadcrumb_integration_tests::{
     base_config, consume_all, create_topics, produce, Broker, Storage, TestRecord,
 };
-use common::{committed_transactions, verify, EngineProcess, Scenario};
+use common::{assert_ledger_consistent, committed_transactions, verify, EngineProcess, Scenario};
 
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(180);
 /// Partitions of the input topic.
@@ -138,6 +138,7 @@ gap_timeout_ms = 20000
 
     let (exactly_once, report) = verify(&config, std::slice::from_ref(&journal))?;
     ensure!(exactly_once, "verify failed:\n{report}");
+    assert_ledger_consistent(&config, std::slice::from_ref(&journal))?;
 
     let committed = committed_transactions(&[journal])?;
     let is_committed = |record: &breadcrumb_integration_tests::ConsumedRecord| {

@@ -12,7 +12,7 @@ use breadcrumb_engine::generate::{RecordKind, Workload, WorkloadSpec, CLOUDEVENT
 use breadcrumb_integration_tests::{
     committed_offsets, create_topics, produce, watermarks, Broker, Storage, TestRecord,
 };
-use common::{verify, EngineProcess, Scenario};
+use common::{assert_ledger_consistent, verify, EngineProcess, Scenario};
 
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -107,8 +107,9 @@ fn repartition_by_event_id_dedupes_copies_that_arrive_under_other_keys() -> Resu
     let status = engine.stop()?;
     ensure!(status.success(), "engine exited with {status}:\n{tail}");
 
-    let (exactly_once, report) = verify(&config, &[journal])?;
+    let (exactly_once, report) = verify(&config, std::slice::from_ref(&journal))?;
     ensure!(exactly_once, "verify failed:\n{report}");
+    assert_ledger_consistent(&config, std::slice::from_ref(&journal))?;
     ensure!(report.contains("exactly once: yes"), "{report}");
     Ok(())
 }

@@ -24,6 +24,7 @@ fn config_minimal_file_gets_named_defaults() {
         ProcessingGuarantee::ExactlyOnce
     );
     assert_eq!(config.dead_letter_topic(), "billing-dedupe-dlq");
+    assert_eq!(config.ledger_topic(), "billing-dedupe-ledger");
     assert_eq!(
         config.kafka.get("bootstrap.servers").map(String::as_str),
         Some("localhost:9092"),

@@ -20,7 +20,16 @@ pub const MAX_OPERATORS: usize = 4;
 /// Where records leave the chain.
 pub trait Sink {
     /// `operator` (its position in the chain) emitted `record` to `port`, with `headers` added.
-    fn send(&mut self, operator: usize, port: Port, record: &RawRecord<'_>, headers: &[Header<'_>]);
+    /// `event` is its decoded envelope when the chain has it at hand (the record being
+    /// processed), `None` for a record released from state.
+    fn send(
+        &mut self,
+        operator: usize,
+        port: Port,
+        record: &RawRecord<'_>,
+        event: Option<&Envelope>,
+        headers: &[Header<'_>],
+    );
 
     /// An operator rejected `record`: it goes to the dead-letter topic.
     fn reject(&mut self, record: &RawRecord<'_>, reason: &'static str, message: &str);
@@ -209,7 +218,7 @@ impl Link<'_> {
             return;
         }
         if port != Port::Main || self.rest.is_empty() {
-            self.sink.send(self.index, port, record, headers);
+            self.sink.send(self.index, port, record, envelope, headers);
             return;
         }
         // The next operator sees the headers this one added, as the output topic would.

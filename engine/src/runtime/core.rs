@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use breadcrumb_operators::{Header as OperatorHeader, Port};
 use breadcrumb_schemas::encode::AvroRecordEncoder;
-use breadcrumb_schemas::{DecodeErrorClass, Envelope, HeaderRef, RawRecord};
+use breadcrumb_schemas::{DecodeErrorClass, Decoder, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::format::encode_input_offset;
 use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaError};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, ToBytes};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -24,14 +24,18 @@ use super::pipeline::{
     dead_letter_reason_index, decode_reason, port_index, repartition_key, Pipeline, Route, Stage,
     DEAD_LETTER_REASONS,
 };
+use super::quarantine::{CrashGuard, Verdict};
 use super::restore::{restore_partition, RestoreMetrics};
 use super::split::{SplitError, TraceSplitter};
-use crate::config::{EngineConfig, ProcessingGuarantee};
+use super::stall::StallFlag;
+use crate::config::{EngineConfig, InputConfig, ProcessingGuarantee};
 use crate::error::{EngineError, Result};
 use crate::headers;
 use crate::http::Health;
 use crate::journal::Journal;
+use crate::ledger::{LedgerCounts, LedgerEntry, LedgerStage, LEDGER_FORMAT_VERSION};
 use crate::metrics::Metrics;
+use crate::raw_headers::read_headers;
 
 /// Bound on each blocking Kafka call of the commit protocol.
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,6 +43,22 @@ const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// fenced mid-transaction may only ever see timeouts from some brokers, so after these the
 /// producer is treated as failed and recreated.
 const COMMIT_RETRIES: usize = 2;
+
+/// Test-only fault hook: the engine panics on a record whose event id equals this variable's
+/// value (read once at start; inert unless set). Used to prove crash quarantine.
+pub const PANIC_ON_ID_ENV: &str = "BREADCRUMB_TEST_PANIC_ON_ID";
+/// Test-only fault hook: sleep this many milliseconds between `send_offsets_to_transaction` and
+/// `commit_transaction`, so a test can kill the engine inside a commit (inert unless set).
+pub const COMMIT_DELAY_ENV: &str = "BREADCRUMB_TEST_COMMIT_DELAY_MS";
+
+/// Transactions aborted in a row before the producer is recreated: a broker can keep failing a
+/// producer's transactions at one epoch (seen with Nisshi 0.7: after a `TxnOffsetCommit` hit a
+/// unique-constraint error, every later one of that producer failed), and a new producer starts
+/// at a new epoch.
+const ABORTS_BEFORE_NEW_PRODUCER: u32 = 3;
+
+/// librdkafka's default `session.timeout.ms`.
+pub(super) const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
 
 pub type TransactionalProducer = ThreadedProducer<DeliveryContext>;
 
@@ -59,6 +79,21 @@ struct Position {
     /// First offset processed in the open transaction: where to rewind on abort.
     first_in_transaction: Option<i64>,
     last_processed: i64,
+    /// What the open transaction did with the partition, for its ledger record.
+    ledger: LedgerCounts,
+    /// Events held in state for the partition as of the last commit.
+    waiting_committed: u64,
+}
+
+impl Position {
+    fn new(last_processed: i64) -> Self {
+        Self {
+            first_in_transaction: None,
+            last_processed,
+            ledger: LedgerCounts::default(),
+            waiting_committed: 0,
+        }
+    }
 }
 
 /// Outcomes of the open transaction per pipeline, published to metrics only once it commits so
@@ -76,6 +111,8 @@ pub struct Core {
     pipelines: Vec<Pipeline>,
     routes: Vec<Route>,
     route_by_topic: HashMap<String, usize>,
+    /// The route whose partitions own each pipeline's state.
+    state_route: Vec<usize>,
     /// Changelog topic per slot; slot of each (pipeline, store index).
     changelog_topics: Vec<String>,
     changelog_slot: Vec<Vec<usize>>,
@@ -96,9 +133,12 @@ pub struct Core {
     pipeline_counts: Vec<PipelineCounts>,
     route_counts: Vec<u64>,
     dead_letter_topic: String,
+    ledger_topic: String,
     envelope: Envelope,
     /// Splits OTLP batches by trace id for repartitioning (buffers reused).
     trace_splitter: TraceSplitter,
+    /// Decodes records released from state for their output id.
+    released_envelope: Envelope,
     metrics: Metrics,
     health: Arc<Health>,
     /// An error raised inside a rebalance callback, for the loop to act on.
@@ -106,6 +146,18 @@ pub struct Core {
     commit_interval: Duration,
     /// When operators last saw processing time.
     last_tick: Instant,
+    input_limits: InputConfig,
+    crash_guard: CrashGuard,
+    /// Commit at the next opportunity (a quarantined record must not be processed again).
+    commit_now: bool,
+    panic_on_id: Option<String>,
+    commit_delay: Option<Duration>,
+    /// The consumer's session timeout: a transaction open longer may belong to a zombie.
+    session_timeout: Duration,
+    /// Transactions aborted since the last commit.
+    aborts_in_a_row: u32,
+    /// Set when the whole process was stopped long enough to lose its group membership.
+    stall: StallFlag,
 }
 
 pub struct CoreParts {
@@ -119,6 +171,7 @@ pub struct CoreParts {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub incarnation: String,
+    pub stall: StallFlag,
 }
 
 impl Core {
@@ -134,11 +187,16 @@ impl Core {
             metrics,
             health,
             incarnation,
+            stall,
         } = parts;
-        let route_by_topic = routes
+        let route_by_topic: HashMap<String, usize> = routes
             .iter()
             .enumerate()
             .map(|(index, route)| (route.topic.clone(), index))
+            .collect();
+        let state_route = pipelines
+            .iter()
+            .map(|pipeline| route_by_topic[&pipeline.state_topic])
             .collect();
         let mut changelog_topics = Vec::new();
         let mut changelog_slot = Vec::new();
@@ -162,11 +220,12 @@ impl Core {
             guarantee: config.processing_guarantee,
             transactional_id: config.transactional_id(),
             dead_letter_topic: config.dead_letter_topic(),
+            ledger_topic: config.ledger_topic(),
             commit_interval: Duration::from_millis(config.commit_interval_ms),
-            config,
             pipelines,
             routes,
             route_by_topic,
+            state_route,
             changelog_topics,
             changelog_slot,
             restore_metrics,
@@ -186,10 +245,35 @@ impl Core {
             route_counts: vec![0; route_count],
             envelope: Envelope::default(),
             trace_splitter: TraceSplitter::default(),
+            released_envelope: Envelope::default(),
             metrics,
             health,
             fatal: None,
             last_tick: Instant::now(),
+            input_limits: config.input.clone(),
+            crash_guard: CrashGuard::new(
+                &config.state.dir,
+                config.input.quarantine_after_crashes,
+                config.max_records_per_transaction,
+            ),
+            commit_now: false,
+            panic_on_id: std::env::var(PANIC_ON_ID_ENV)
+                .ok()
+                .filter(|id| !id.is_empty()),
+            commit_delay: std::env::var(COMMIT_DELAY_ENV)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
+            aborts_in_a_row: 0,
+            stall,
+            session_timeout: Duration::from_millis(
+                config
+                    .kafka
+                    .get("session.timeout.ms")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS),
+            ),
+            config,
         }
     }
 
@@ -245,22 +329,11 @@ impl Core {
         self.begin_if_needed()?;
         let partition = message.partition();
         let offset = message.offset();
-        // Where an abort rewinds to is recorded before the record is processed: a record that
-        // fails half-way (a send error, a schema that cannot be fetched) must be read again.
-        self.positions
-            .entry((route_index, partition))
-            .or_insert(Position {
-                first_in_transaction: None,
-                last_processed: offset - 1,
-            })
-            .first_in_transaction
-            .get_or_insert(offset);
+        let verdict = self.crash_guard.before(route_index, partition, offset)?;
         let mut header_refs: SmallVec<[HeaderRef<'_>; 16]> = SmallVec::new();
-        if let Some(message_headers) = message.headers() {
-            for header in message_headers.iter() {
-                header_refs.push((header.key, header.value));
-            }
-        }
+        let invalid_header_names = message
+            .headers()
+            .map_or(0, |headers| read_headers(headers, &mut header_refs));
         let record = RawRecord {
             topic: message.topic(),
             partition,
@@ -275,163 +348,247 @@ impl Core {
             pipelines,
             routes,
             tasks,
+            positions,
             producer,
             transaction_header,
             pipeline_counts,
             envelope,
+            released_envelope,
             dead_letter_topic,
             trace_splitter,
+            panic_on_id,
             ..
         } = self;
+        let position = positions
+            .entry((route_index, partition))
+            .or_insert_with(|| Position::new(offset - 1));
+        // Where an abort rewinds to is recorded before the record is processed: a record that
+        // fails half-way (a send error, a schema that cannot be fetched) must be read again.
+        position.first_in_transaction.get_or_insert(offset);
+        let ledger = &mut position.ledger;
+        ledger.input += 1;
         let route = &routes[route_index];
         let add_source_headers = !route.internal;
         envelope.clear();
-        match route.stage {
-            Stage::Repartition { pipeline: index } => {
-                let pipeline = &mut pipelines[index];
-                let counts = &mut pipeline_counts[index];
-                match pipeline.decoder.decode(&record, envelope) {
-                    Err(error) if error.class == DecodeErrorClass::SchemaUnavailable => {
-                        return Err(EngineError::SchemaUnavailable(error.message));
-                    }
-                    Err(error) => dead_letter(
-                        producer,
-                        dead_letter_topic,
-                        &pipeline.name,
-                        pipeline.withhold_dead_letter_payload,
-                        &record,
-                        decode_reason(error.class),
-                        &error.message,
-                        transaction_header,
-                        add_source_headers,
-                        counts,
-                    )?,
-                    Ok(()) if pipeline.splits_traces => {
-                        let (_, topic) = pipeline
-                            .repartition
-                            .as_ref()
-                            .expect("repartition stage has a repartition topic");
-                        let split =
-                            trace_splitter.split(record.value.unwrap_or_default(), |key, part| {
-                                send_record(
-                                    producer,
-                                    topic,
-                                    &RawRecord {
-                                        value: Some(part),
-                                        ..record
-                                    },
-                                    Some(key),
-                                    &[],
-                                    add_source_headers,
-                                    transaction_header,
-                                )
-                            });
-                        match split {
-                            Ok(()) => {}
-                            Err(SplitError::Emit(error)) => return Err(error.into()),
-                            Err(SplitError::Batch(error)) => dead_letter(
-                                producer,
-                                dead_letter_topic,
-                                &pipeline.name,
-                                pipeline.withhold_dead_letter_payload,
-                                &record,
-                                "invalid_protobuf",
-                                error.message(),
-                                transaction_header,
-                                add_source_headers,
-                                counts,
-                            )?,
+        let rejected_early = match verdict {
+            Verdict::Quarantine { crashes } => {
+                self.commit_now = true;
+                tracing::error!(
+                    topic = record.topic,
+                    partition,
+                    offset,
+                    crashes,
+                    "Quarantining a record that crashed the engine repeatedly."
+                );
+                Some((
+                    "quarantined",
+                    "the engine crashed on this record repeatedly",
+                ))
+            }
+            Verdict::Process if invalid_header_names > 0 => Some((
+                "invalid_headers",
+                "header names that are not UTF-8 (left out of this dead letter)",
+            )),
+            Verdict::Process if header_refs.len() > self.input_limits.max_headers => {
+                Some(("invalid_headers", "more headers than input.max_headers"))
+            }
+            Verdict::Process
+                if record.key.map_or(0, <[u8]>::len) > self.input_limits.max_key_bytes =>
+            {
+                Some((
+                    "oversized_key",
+                    "key longer than input.max_key_bytes (left out of this dead letter)",
+                ))
+            }
+            Verdict::Process => None,
+        };
+        if let Some((reason, message)) = rejected_early {
+            let index = match route.stage {
+                Stage::Repartition { pipeline } | Stage::Stateful { pipeline } => pipeline,
+            };
+            dead_letter(
+                producer,
+                dead_letter_topic,
+                &pipelines[index].name,
+                pipelines[index].withhold_dead_letter_payload,
+                &record,
+                reason,
+                message,
+                transaction_header,
+                add_source_headers,
+                &mut pipeline_counts[index],
+                ledger,
+            )?;
+        } else {
+            match route.stage {
+                Stage::Repartition { pipeline: index } => {
+                    let pipeline = &mut pipelines[index];
+                    let counts = &mut pipeline_counts[index];
+                    match pipeline.decoder.decode(&record, envelope) {
+                        Err(error) if error.class == DecodeErrorClass::SchemaUnavailable => {
+                            return Err(EngineError::SchemaUnavailable(error.message));
                         }
-                    }
-                    Ok(()) => {
-                        let (key_kind, topic) = pipeline
-                            .repartition
-                            .as_ref()
-                            .expect("repartition stage has a repartition topic");
-                        match repartition_key(*key_kind, envelope) {
-                            None => dead_letter(
-                                producer,
-                                dead_letter_topic,
-                                &pipeline.name,
-                                pipeline.withhold_dead_letter_payload,
-                                &record,
-                                "missing_field",
-                                "the repartition key field is absent",
-                                transaction_header,
-                                add_source_headers,
-                                counts,
-                            )?,
-                            Some(key) => send_record(
-                                producer,
-                                topic,
-                                &record,
-                                Some(key.as_slice()),
-                                &[],
-                                add_source_headers,
-                                transaction_header,
-                            )?,
+                        Err(error) => dead_letter(
+                            producer,
+                            dead_letter_topic,
+                            &pipeline.name,
+                            pipeline.withhold_dead_letter_payload,
+                            &record,
+                            decode_reason(error.class),
+                            &error.message,
+                            transaction_header,
+                            add_source_headers,
+                            counts,
+                            ledger,
+                        )?,
+                        Ok(()) if pipeline.splits_traces => {
+                            let (_, topic) = pipeline
+                                .repartition
+                                .as_ref()
+                                .expect("repartition stage has a repartition topic");
+                            let split = trace_splitter.split(
+                                record.value.unwrap_or_default(),
+                                |key, part| {
+                                    ledger.repartitioned += 1;
+                                    send_record(
+                                        producer,
+                                        topic,
+                                        &RawRecord {
+                                            value: Some(part),
+                                            ..record
+                                        },
+                                        Some(key),
+                                        &[],
+                                        add_source_headers,
+                                        transaction_header,
+                                    )
+                                },
+                            );
+                            match split {
+                                Ok(()) => {}
+                                Err(SplitError::Emit(error)) => return Err(error.into()),
+                                Err(SplitError::Batch(error)) => dead_letter(
+                                    producer,
+                                    dead_letter_topic,
+                                    &pipeline.name,
+                                    pipeline.withhold_dead_letter_payload,
+                                    &record,
+                                    "invalid_protobuf",
+                                    error.message(),
+                                    transaction_header,
+                                    add_source_headers,
+                                    counts,
+                                    ledger,
+                                )?,
+                            }
+                        }
+                        Ok(()) => {
+                            let (key_kind, topic) = pipeline
+                                .repartition
+                                .as_ref()
+                                .expect("repartition stage has a repartition topic");
+                            match repartition_key(*key_kind, envelope) {
+                                None => dead_letter(
+                                    producer,
+                                    dead_letter_topic,
+                                    &pipeline.name,
+                                    pipeline.withhold_dead_letter_payload,
+                                    &record,
+                                    "missing_field",
+                                    "the repartition key field is absent",
+                                    transaction_header,
+                                    add_source_headers,
+                                    counts,
+                                    ledger,
+                                )?,
+                                Some(key) => {
+                                    ledger.repartitioned += 1;
+                                    send_record(
+                                        producer,
+                                        topic,
+                                        &record,
+                                        Some(key.as_slice()),
+                                        &[],
+                                        add_source_headers,
+                                        transaction_header,
+                                    )?
+                                }
+                            }
                         }
                     }
                 }
-            }
-            Stage::Stateful { pipeline: index } => {
-                let pipeline = &mut pipelines[index];
-                let counts = &mut pipeline_counts[index];
-                if let Err(error) = pipeline.decoder.decode(&record, envelope) {
-                    if error.class == DecodeErrorClass::SchemaUnavailable {
-                        return Err(EngineError::SchemaUnavailable(error.message));
-                    }
-                    dead_letter(
-                        producer,
-                        dead_letter_topic,
-                        &pipeline.name,
-                        pipeline.withhold_dead_letter_payload,
-                        &record,
-                        decode_reason(error.class),
-                        &error.message,
-                        transaction_header,
-                        add_source_headers,
-                        counts,
-                    )?;
-                } else {
-                    let task = tasks.get_mut(&(index, partition)).ok_or_else(|| {
-                        EngineError::Fatal(format!(
-                            "record of {} partition {partition} before its state was opened",
-                            record.topic
-                        ))
-                    })?;
-                    task.touched = true;
-                    task.last_offset = offset;
-                    let mut publisher = Publisher {
-                        producer,
-                        transaction: transaction_header,
-                        port_topics: &pipeline.port_topics,
-                        port_encoders: &pipeline.port_encoders,
-                        last_operator: pipeline.chain.len() - 1,
-                        dead_letter_topic,
-                        pipeline: &pipeline.name,
-                        withhold_payload: pipeline.withhold_dead_letter_payload,
-                        add_source_headers,
-                        counts,
-                        error: None,
-                    };
-                    pipeline.chain.process(
-                        &record,
-                        envelope,
-                        &mut task.stores,
-                        pipeline.decoder.as_ref(),
-                        &mut publisher,
-                    )?;
-                    if let Some(error) = publisher.error {
-                        return Err(error.into());
+                Stage::Stateful { pipeline: index } => {
+                    let pipeline = &mut pipelines[index];
+                    let counts = &mut pipeline_counts[index];
+                    if let Err(error) = pipeline.decoder.decode(&record, envelope) {
+                        if error.class == DecodeErrorClass::SchemaUnavailable {
+                            return Err(EngineError::SchemaUnavailable(error.message));
+                        }
+                        dead_letter(
+                            producer,
+                            dead_letter_topic,
+                            &pipeline.name,
+                            pipeline.withhold_dead_letter_payload,
+                            &record,
+                            decode_reason(error.class),
+                            &error.message,
+                            transaction_header,
+                            add_source_headers,
+                            counts,
+                            ledger,
+                        )?;
+                    } else {
+                        let task = tasks.get_mut(&(index, partition)).ok_or_else(|| {
+                            EngineError::Fatal(format!(
+                                "record of {} partition {partition} before its state was opened",
+                                record.topic
+                            ))
+                        })?;
+                        task.touched = true;
+                        task.last_offset = offset;
+                        let mut publisher = Publisher {
+                            producer,
+                            transaction: transaction_header,
+                            port_topics: &pipeline.port_topics,
+                            port_encoders: &pipeline.port_encoders,
+                            last_operator: pipeline.chain.len() - 1,
+                            dead_letter_topic,
+                            pipeline: &pipeline.name,
+                            withhold_payload: pipeline.withhold_dead_letter_payload,
+                            add_source_headers,
+                            counts,
+                            ledger,
+                            decoder: pipeline.decoder.as_ref(),
+                            released_envelope,
+                            error: None,
+                        };
+                        pipeline.chain.process(
+                            &record,
+                            envelope,
+                            &mut task.stores,
+                            pipeline.decoder.as_ref(),
+                            &mut publisher,
+                        )?;
+                        if let Some(error) = publisher.error {
+                            return Err(error.into());
+                        }
+                        if let (Some(id), false) = (panic_on_id.as_deref(), envelope.id.is_empty())
+                        {
+                            if id == envelope.id {
+                                panic!("test fault hook {PANIC_ON_ID_ENV}: record {offset}");
+                            }
+                        }
                     }
                 }
             }
         }
 
-        if let Some(position) = self.positions.get_mut(&(route_index, partition)) {
-            position.last_processed = offset;
-        }
+        let position = self
+            .positions
+            .get_mut(&(route_index, partition))
+            .expect("inserted above");
+        position.first_in_transaction.get_or_insert(offset);
+        position.last_processed = offset;
         self.route_counts[route_index] += 1;
         self.transaction_records += 1;
         Ok(())
@@ -472,12 +629,19 @@ impl Core {
             let Self {
                 pipelines,
                 tasks,
+                positions,
+                state_route,
                 producer,
                 transaction_header,
                 pipeline_counts,
+                released_envelope,
                 dead_letter_topic,
                 ..
             } = self;
+            let ledger = &mut positions
+                .get_mut(&(state_route[index], partition))
+                .expect("a task's partition is assigned")
+                .ledger;
             let pipeline = &mut pipelines[index];
             let task = tasks.get_mut(&(index, partition)).expect("due task exists");
             task.touched = true;
@@ -494,6 +658,9 @@ impl Core {
                 withhold_payload: pipeline.withhold_dead_letter_payload,
                 add_source_headers,
                 counts: &mut pipeline_counts[index],
+                ledger,
+                decoder: pipeline.decoder.as_ref(),
+                released_envelope,
                 error: None,
             };
             pipeline.chain.on_processing_time(
@@ -512,7 +679,8 @@ impl Core {
     /// Commits when the interval has passed or the transaction is full.
     pub fn maybe_commit(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
         if self.transaction_open
-            && (self.transaction_records >= self.config.max_records_per_transaction
+            && (self.commit_now
+                || self.transaction_records >= self.config.max_records_per_transaction
                 || self.transaction_started.elapsed() >= self.commit_interval)
         {
             self.commit(consumer)?;
@@ -528,7 +696,10 @@ impl Core {
             return Ok(());
         }
         let started = Instant::now();
-        if let Err(error) = self.write_changelogs() {
+        if self.membership_in_doubt(consumer) {
+            return self.abort_in_doubt(consumer);
+        }
+        if let Err(error) = self.write_changelogs().and_then(|()| self.write_ledger()) {
             return match error {
                 EngineError::Kafka(kafka) => self.recover(consumer, kafka),
                 other => Err(other),
@@ -565,6 +736,12 @@ impl Core {
                     let header = String::from_utf8_lossy(&self.transaction_header).into_owned();
                     journal.pending(&header, &journal_offsets)?;
                 }
+                if let Some(delay) = self.commit_delay {
+                    std::thread::sleep(delay);
+                }
+                if self.membership_in_doubt(consumer) {
+                    return self.abort_in_doubt(consumer);
+                }
                 let mut attempt = 0;
                 loop {
                     match self.producer.commit_transaction(KAFKA_CALL_TIMEOUT) {
@@ -593,6 +770,44 @@ impl Core {
             }
         }
         self.after_commit(started)
+    }
+
+    /// Whether the group may have given this instance's partitions to another member while the
+    /// open transaction was being filled: librdkafka says the assignment is lost, or the
+    /// transaction has been open longer than the session timeout (the whole process was stopped,
+    /// so not even the background heartbeats ran). Committing then could publish a zombie's
+    /// output next to the new owner's: Apache Kafka fences it by the group generation in
+    /// `TxnOffsetCommit`, test brokers may not, and aborting is always safe.
+    fn membership_in_doubt(&self, consumer: &BaseConsumer<EngineContext>) -> bool {
+        self.guarantee == ProcessingGuarantee::ExactlyOnce
+            && (self.stall.is_set()
+                || consumer.assignment_lost()
+                || self.transaction_started.elapsed() >= self.session_timeout)
+    }
+
+    fn abort_in_doubt(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+        tracing::warn!(
+            open_ms = self.transaction_started.elapsed().as_millis() as u64,
+            lost = consumer.assignment_lost(),
+            stopped = self.stall.is_set(),
+            "The group may have moved this instance's partitions while the transaction was open; aborting it instead of committing."
+        );
+        self.abort(consumer, &[])?;
+        self.fence_if_stalled(consumer)
+    }
+
+    /// After the process was stopped, nothing this member believes it owns can be trusted
+    /// until it has rejoined: abort what is open and have the clients recreated (a new
+    /// producer epoch, a new group member), whatever librdkafka has noticed so far.
+    pub fn fence_if_stalled(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+        if self.guarantee != ProcessingGuarantee::ExactlyOnce || !self.stall.take() {
+            return Ok(());
+        }
+        self.abort(consumer, &[])?;
+        Err(EngineError::Fatal(
+            "the process was stopped longer than half the session timeout; rejoining the group"
+                .to_owned(),
+        ))
     }
 
     /// Writes the operators' checkpoints and every dirty store entry to the changelogs.
@@ -633,6 +848,57 @@ impl Core {
         Ok(())
     }
 
+    /// Writes a ledger record for every partition the open transaction touched (after the
+    /// operators' checkpoints, so what waits in state is final).
+    fn write_ledger(&mut self) -> Result<()> {
+        for ((route_index, partition), position) in self.positions.iter_mut() {
+            if position.first_in_transaction.is_none() && position.ledger.is_empty() {
+                continue;
+            }
+            let route = &self.routes[*route_index];
+            let (pipeline_index, stage) = match route.stage {
+                Stage::Repartition { pipeline } => (pipeline, LedgerStage::Repartition),
+                Stage::Stateful { pipeline } => (pipeline, LedgerStage::Stateful),
+            };
+            let pipeline = &self.pipelines[pipeline_index];
+            let waiting_after = match stage {
+                LedgerStage::Repartition => 0,
+                LedgerStage::Stateful => chain_waiting(pipeline, *partition),
+            };
+            let (first_offset, last_offset) = match position.first_in_transaction {
+                Some(first) => (Some(first), Some(position.last_processed)),
+                None => (None, None),
+            };
+            let entry = LedgerEntry {
+                version: LEDGER_FORMAT_VERSION,
+                pipeline: pipeline.name.clone(),
+                stage,
+                topic: route.topic.clone(),
+                partition: *partition,
+                first_offset,
+                last_offset,
+                transaction: String::from_utf8_lossy(&self.transaction_header).into_owned(),
+                counts: position.ledger,
+                waiting_before: position.waiting_committed,
+                waiting_after,
+            };
+            let value = serde_json::to_vec(&entry)
+                .map_err(|error| EngineError::Fatal(format!("ledger record: {error}")))?;
+            let key = entry.key();
+            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: headers::TRANSACTION,
+                value: Some(&self.transaction_header[..]),
+            });
+            let record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(&self.ledger_topic, 0)
+                    .key(key.as_bytes())
+                    .payload(&value[..])
+                    .headers(headers);
+            send_with_backpressure(&self.producer, record)?;
+        }
+        Ok(())
+    }
+
     fn after_commit(&mut self, started: Instant) -> Result<()> {
         let delivered = self.producer.context().take_changelog_offsets();
         let mut batch = self.backend.commit_batch();
@@ -663,8 +929,12 @@ impl Core {
             let header = String::from_utf8_lossy(&self.transaction_header).into_owned();
             journal.outcome(&header, true)?;
         }
-        for position in self.positions.values_mut() {
+        for ((route_index, partition), position) in self.positions.iter_mut() {
             position.first_in_transaction = None;
+            position.ledger = LedgerCounts::default();
+            if let Stage::Stateful { pipeline } = self.routes[*route_index].stage {
+                position.waiting_committed = chain_waiting(&self.pipelines[pipeline], *partition);
+            }
         }
         for (route, count) in self.routes.iter().zip(self.route_counts.iter_mut()) {
             route.events_in.inc_by(std::mem::take(count));
@@ -695,6 +965,8 @@ impl Core {
             }
         }
         self.publish_waiting();
+        self.commit_now = false;
+        self.aborts_in_a_row = 0;
         self.metrics
             .transactions
             .with_label_values(&["committed"])
@@ -740,6 +1012,12 @@ impl Core {
         if !abortable {
             return Err(EngineError::Fatal(error.to_string()));
         }
+        if self.aborts_in_a_row + 1 >= ABORTS_BEFORE_NEW_PRODUCER {
+            return Err(EngineError::Fatal(format!(
+                "{} transactions failed in a row, the last with: {error}",
+                self.aborts_in_a_row + 1
+            )));
+        }
         tracing::warn!(%error, "Transaction failed; aborting and rewinding to the last commit.");
         self.abort(consumer, &[])
     }
@@ -770,8 +1048,10 @@ impl Core {
         self.producer.context().take_changelog_offsets();
         self.producer.context().take_failed();
         for ((route, partition), position) in self.positions.iter_mut() {
+            position.ledger = LedgerCounts::default();
             if let Some(first) = position.first_in_transaction.take() {
                 position.last_processed = first - 1;
+                self.crash_guard.rewound(*route, *partition);
                 if leaving.contains(&(*route, *partition)) {
                     continue;
                 }
@@ -811,6 +1091,7 @@ impl Core {
             .transactions
             .with_label_values(&["aborted"])
             .inc();
+        self.aborts_in_a_row += 1;
         self.transaction_open = false;
         Ok(())
     }
@@ -844,6 +1125,7 @@ impl Core {
         }
         for (route, partition) in leaving {
             self.positions.remove(&(route, partition));
+            self.crash_guard.revoke(route, partition);
             if let Stage::Stateful { pipeline } = self.routes[route].stage {
                 if self.tasks.remove(&(pipeline, partition)).is_some() {
                     self.pipelines[pipeline].chain.close_partition(partition);
@@ -886,16 +1168,14 @@ impl Core {
         consumer: &BaseConsumer<EngineContext>,
         partitions: &TopicPartitionList,
     ) -> Result<()> {
-        let mut stateful = TopicPartitionList::new();
+        let mut consumed = TopicPartitionList::new();
         for element in partitions.elements() {
-            if let Some(route) = self.route_by_topic.get(element.topic()) {
-                if matches!(self.routes[*route].stage, Stage::Stateful { .. }) {
-                    stateful.add_partition(element.topic(), element.partition());
-                }
+            if self.route_by_topic.contains_key(element.topic()) {
+                consumed.add_partition(element.topic(), element.partition());
             }
         }
-        let committed = if stateful.count() > 0 {
-            consumer.committed_offsets(stateful, KAFKA_CALL_TIMEOUT)?
+        let committed = if consumed.count() > 0 {
+            consumer.committed_offsets(consumed, KAFKA_CALL_TIMEOUT)?
         } else {
             TopicPartitionList::new()
         };
@@ -905,22 +1185,18 @@ impl Core {
                 continue;
             };
             let partition = element.partition();
-            self.positions.insert(
-                (route, partition),
-                Position {
-                    first_in_transaction: None,
-                    last_processed: -1,
-                },
-            );
-            let Stage::Stateful { pipeline: index } = self.routes[route].stage else {
-                continue;
-            };
+            self.positions.insert((route, partition), Position::new(-1));
             let committed_input = committed
                 .find_partition(element.topic(), partition)
                 .and_then(|found| match found.offset() {
                     Offset::Offset(offset) => Some(offset),
                     _ => None,
                 });
+            self.crash_guard
+                .assign(route, element.topic(), partition, committed_input)?;
+            let Stage::Stateful { pipeline: index } = self.routes[route].stage else {
+                continue;
+            };
             self.metrics.restoring_partitions.inc();
             let mut changelog_next = Vec::new();
             let pipeline = &mut self.pipelines[index];
@@ -951,6 +1227,9 @@ impl Core {
                 .map(|(store, _)| self.backend.partition_store(*store, partition))
                 .collect();
             pipeline.chain.open_partition(&mut stores)?;
+            if let Some(position) = self.positions.get_mut(&(route, partition)) {
+                position.waiting_committed = chain_waiting(pipeline, partition);
+            }
             for (store, _) in &pipeline.stores {
                 self.metrics
                     .state_keys
@@ -974,6 +1253,7 @@ impl Core {
 
     /// Closes operators at shutdown.
     pub fn close(&mut self) {
+        self.crash_guard.close();
         for pipeline in &mut self.pipelines {
             pipeline.chain.close();
         }
@@ -994,6 +1274,9 @@ struct Publisher<'a> {
     withhold_payload: bool,
     add_source_headers: bool,
     counts: &'a mut PipelineCounts,
+    ledger: &'a mut LedgerCounts,
+    decoder: &'a dyn Decoder,
+    released_envelope: &'a mut Envelope,
     error: Option<KafkaError>,
 }
 
@@ -1003,11 +1286,31 @@ impl Sink for Publisher<'_> {
         operator: usize,
         port: Port,
         record: &RawRecord<'_>,
+        event: Option<&Envelope>,
         extra: &[OperatorHeader<'_>],
     ) {
         debug_assert!(port != Port::Main || operator == self.last_operator);
         let index = port_index(port);
         self.counts.ports[operator][index] += 1;
+        match port {
+            Port::Main => match event {
+                Some(event) => self.ledger.add_output(event.id.as_bytes()),
+                None => {
+                    // Released from state: decoding is deterministic, so this is the id the
+                    // event had when it arrived (a checker decodes the output the same way).
+                    self.released_envelope.clear();
+                    let _ = self.decoder.decode(record, self.released_envelope);
+                    self.ledger.add_output(self.released_envelope.id.as_bytes());
+                }
+            },
+            Port::Duplicates => self.ledger.duplicates += 1,
+            Port::Conflicts => self.ledger.conflicts += 1,
+            Port::Late => self.ledger.late += 1,
+            Port::Gaps => self.ledger.gaps += 1,
+            // Generated records about the stream, not input: outside the ledger's identity.
+            // (Sampling pipelines are not reconciled by the ledger yet.)
+            Port::Decisions | Port::Lineage => {}
+        }
         let Some(topic) = &self.port_topics[index] else {
             return;
         };
@@ -1068,6 +1371,7 @@ impl Sink for Publisher<'_> {
             self.transaction,
             self.add_source_headers,
             self.counts,
+            self.ledger,
         ) {
             self.error = Some(error);
         }
@@ -1143,26 +1447,31 @@ fn dead_letter(
     transaction: &[u8],
     add_source_headers: bool,
     counts: &mut PipelineCounts,
+    ledger: &mut LedgerCounts,
 ) -> std::result::Result<(), KafkaError> {
     counts.dead_letters[dead_letter_reason_index(reason)] += 1;
-    // A pipeline that rewrites personal data cannot rewrite what it could not read: its dead
-    // letters keep only their coordinates (the source record stays where it was).
-    let withheld;
-    let record = if withhold_payload {
-        withheld = RawRecord {
+    ledger.dead_letters += 1;
+    // What made the record too big stays out of the dead letter, which must fit the producer's
+    // limits; the source coordinates point at the original. A pipeline that rewrites personal
+    // data cannot rewrite what it could not read: its dead letters keep only their coordinates.
+    let kept = if withhold_payload {
+        RawRecord {
             key: None,
             value: None,
             headers: &[],
             ..*record
-        };
-        &withheld
+        }
     } else {
-        record
+        RawRecord {
+            key: record.key.filter(|_| reason != "oversized_key"),
+            value: record.value.filter(|_| reason != "oversized"),
+            ..*record
+        }
     };
     send_record(
         producer,
         topic,
-        record,
+        &kept,
         None,
         &[
             (headers::DLQ_REASON, reason.as_bytes()),
@@ -1194,6 +1503,13 @@ where
             Err((error, _)) => return Err(error),
         }
     }
+}
+
+/// Events every operator of the pipeline holds for `partition`.
+fn chain_waiting(pipeline: &Pipeline, partition: i32) -> u64 {
+    (0..pipeline.chain.len())
+        .map(|operator| pipeline.chain.waiting(operator, partition).events)
+        .sum()
 }
 
 fn is_retriable(error: &KafkaError) -> bool {

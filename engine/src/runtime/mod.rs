@@ -11,8 +11,10 @@ mod chain;
 pub mod context;
 mod core;
 pub mod pipeline;
+mod quarantine;
 pub mod restore;
 mod split;
+mod stall;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +28,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use self::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
 use self::core::{Core, CoreParts};
+pub use self::core::{COMMIT_DELAY_ENV, PANIC_ON_ID_ENV};
+use self::stall::StallFlag;
 use crate::config::{EngineConfig, ProcessingGuarantee};
 use crate::error::{EngineError, Result};
 use crate::http::Health;
@@ -144,12 +148,14 @@ pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
             add(config.changelog_topic(&store), true, true);
         }
     }
-    specs.push(TopicSpec {
-        name: config.dead_letter_topic(),
-        partitions: max_partitions,
-        compacted: false,
-        exact_partitions: false,
-    });
+    for name in [config.dead_letter_topic(), config.ledger_topic()] {
+        specs.push(TopicSpec {
+            name,
+            partitions: max_partitions,
+            compacted: false,
+            exact_partitions: false,
+        });
+    }
     specs.dedup_by(|a, b| a.name == b.name);
     Ok(specs)
 }
@@ -171,8 +177,15 @@ pub fn run(
             ..StateOptions::default()
         },
     )?;
+    let session_timeout_ms = config
+        .kafka
+        .get("session.timeout.ms")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(core::DEFAULT_SESSION_TIMEOUT_MS);
+    // Half the session timeout: the group may already be rebalancing by then.
+    let stall = StallFlag::watch(Duration::from_millis(session_timeout_ms / 2));
     let outcome = loop {
-        match run_once(&config, &backend, &metrics, &health, &shutdown) {
+        match run_once(&config, &backend, &metrics, &health, &shutdown, &stall) {
             Ok(()) => break Ok(()),
             Err(
                 error @ (EngineError::Fatal(_)
@@ -201,7 +214,10 @@ fn run_once(
     metrics: &Metrics,
     health: &Arc<Health>,
     shutdown: &AtomicBool,
+    stall: &StallFlag,
 ) -> Result<()> {
+    // A stop seen before this run's clients existed concerns the clients just replaced.
+    stall.take();
     let (pipelines, routes) = pipeline::compile(config, backend, metrics)?;
     let producer: ThreadedProducer<DeliveryContext> =
         producer_config(config).create_with_context(DeliveryContext::default())?;
@@ -228,6 +244,7 @@ fn run_once(
         metrics: metrics.clone(),
         health: health.clone(),
         incarnation,
+        stall: stall.clone(),
     });
     let topics = core.subscribed_topics();
     let consumer: BaseConsumer<EngineContext> =
@@ -285,6 +302,7 @@ fn process_until_shutdown(
         if let Some(error) = core.fatal.take() {
             return Err(error);
         }
+        core.fence_if_stalled(consumer)?;
         match message {
             Some(Ok(message)) => match core.process(&message) {
                 Ok(()) => schema_backoff = SCHEMA_BACKOFF_INITIAL,

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 
 /// Reasons a record is dead-lettered: every decode class plus what operators and the
 /// repartition stage reject with. Indexes count dead letters per transaction without hashing.
-pub const DEAD_LETTER_REASONS: [&str; 12] = [
+pub const DEAD_LETTER_REASONS: [&str; 17] = [
     "missing_value",
     "invalid_utf8",
     "invalid_json",
@@ -33,6 +33,11 @@ pub const DEAD_LETTER_REASONS: [&str; 12] = [
     "oversized",
     "invalid_avro",
     "unknown_schema",
+    "oversized_key",
+    "invalid_headers",
+    "event_time_future",
+    "event_time_past",
+    "quarantined",
     "other",
 ];
 

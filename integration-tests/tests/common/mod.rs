@@ -60,6 +60,11 @@ pub struct Scenario {
     /// TOML appended to the pipeline's configuration (e.g. an `[pipelines.payments.ordering]`
     /// table).
     pub extra_toml: String,
+    /// Consumer session timeout: short, so a killed instance's partitions move on quickly.
+    pub session_timeout_ms: Option<u64>,
+    /// Static group membership (`group.instance.id` = the instance id): a restarted instance
+    /// takes its predecessor's place without a rebalance.
+    pub static_membership: bool,
 }
 
 impl Scenario {
@@ -78,6 +83,8 @@ impl Scenario {
             kafka_toml: String::new(),
             http_port: None,
             extra_toml: String::new(),
+            session_timeout_ms: None,
+            static_membership: false,
         }
     }
 
@@ -102,6 +109,8 @@ transaction_timeout_ms = 10000
 [kafka]
 "bootstrap.servers" = "{bootstrap}"
 "broker.address.family" = "v4"
+{session}
+{membership}
 {kafka_extra}
 
 [state]
@@ -129,6 +138,20 @@ duplicates_topic = "{duplicates}"
                 None => "enabled = false".to_owned(),
             },
             extra = self.extra_toml,
+            membership = if self.static_membership {
+                format!("\"group.instance.id\" = \"{instance}\"")
+            } else {
+                String::new()
+            },
+            session = self
+                .session_timeout_ms
+                .map(|ms| {
+                    format!(
+                        "\"session.timeout.ms\" = \"{ms}\"\n\"heartbeat.interval.ms\" = \"{}\"",
+                        (ms / 6).max(100)
+                    )
+                })
+                .unwrap_or_default(),
             app = self.application_id,
             commit = self.commit_interval_ms,
             dlq = self.dead_letter_topic,
@@ -192,6 +215,11 @@ pub struct EngineProcess {
 
 impl EngineProcess {
     pub fn start(config: &Path, log: &Path) -> Result<Self> {
+        Self::start_with_env(config, log, &[])
+    }
+
+    /// Starts the engine with extra environment variables (test fault hooks).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, String)]) -> Result<Self> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -199,6 +227,7 @@ impl EngineProcess {
         let child = Command::new(breadcrumb_binary()?)
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -237,6 +266,24 @@ impl EngineProcess {
         Ok(())
     }
 
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGSTOP / SIGCONT: a paused process keeps its sockets but does nothing.
+    pub fn pause(&self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGSTOP);
+        }
+    }
+
+    pub fn resume(&self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGCONT);
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -261,8 +308,36 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 /// Runs `breadcrumb verify` with the given journals; returns (exit success, stdout).
 pub fn verify(config: &Path, journals: &[PathBuf]) -> Result<(bool, String)> {
+    run_verify(config, journals, &[])
+}
+
+/// Runs `breadcrumb verify --ledger`: the reconciliation ledger against the topics.
+pub fn verify_ledger(config: &Path, journals: &[PathBuf]) -> Result<(bool, String)> {
+    run_verify(config, journals, &["--ledger"])
+}
+
+/// Fails unless the ledger reconciles; returns the report.
+pub fn assert_ledger_consistent(config: &Path, journals: &[PathBuf]) -> Result<String> {
+    let (consistent, report) = verify_ledger(config, journals)?;
+    let tail: Vec<&str> = report.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    anyhow::ensure!(
+        consistent && report.contains("ledger consistent: yes"),
+        "ledger check failed:\n{}",
+        report
+            .lines()
+            .filter(|line| line.starts_with("violation"))
+            .take(40)
+            .chain(tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(report)
+}
+
+fn run_verify(config: &Path, journals: &[PathBuf], extra: &[&str]) -> Result<(bool, String)> {
     let mut command = Command::new(breadcrumb_binary()?);
-    command.args(["verify", "--config"]).arg(config);
+    command.args(["verify", "--config"]).arg(config).args(extra);
     for journal in journals {
         command.arg("--journal").arg(journal);
     }

@@ -49,6 +49,16 @@ pub struct DedupeConfig {
     /// Most expired keys deleted (and tombstoned in the changelog) per partition per commit.
     #[serde(default = "default_max_expirations_per_commit")]
     pub max_expirations_per_commit: usize,
+    /// Dead-letter (reason `event_time_future`) an event whose time is more than this far
+    /// ahead of the partition's stream time (highest event time seen), in milliseconds; such an
+    /// event would otherwise drag stream time forward and expire every key. Unset: no bound.
+    #[serde(default)]
+    pub max_event_time_ahead_ms: Option<i64>,
+    /// Dead-letter (reason `event_time_past`) an event whose time is more than this far behind
+    /// the partition's stream time, in milliseconds. Unset: no bound (such an event is judged
+    /// against keys still within the horizon, like any other).
+    #[serde(default)]
+    pub max_event_time_behind_ms: Option<i64>,
 }
 
 impl Default for DedupeConfig {
@@ -59,6 +69,8 @@ impl Default for DedupeConfig {
             bloom_expected_keys_per_partition: default_bloom_expected_keys_per_partition(),
             bloom_false_positive_rate: default_bloom_false_positive_rate(),
             max_expirations_per_commit: default_max_expirations_per_commit(),
+            max_event_time_ahead_ms: None,
+            max_event_time_behind_ms: None,
         }
     }
 }
@@ -97,6 +109,14 @@ impl DedupeConfig {
                 "{prefix}.max_expirations_per_commit: must be positive"
             ));
         }
+        for (key, bound) in [
+            ("max_event_time_ahead_ms", self.max_event_time_ahead_ms),
+            ("max_event_time_behind_ms", self.max_event_time_behind_ms),
+        ] {
+            if bound.is_some_and(|bound| bound <= 0) {
+                errors.push(format!("{prefix}.{key}: must be positive when set"));
+            }
+        }
         errors
     }
 }
@@ -115,10 +135,12 @@ mod tests {
             key_fields: vec![],
             ttl_ms: 0,
             bloom_false_positive_rate: 1.5,
+            max_event_time_behind_ms: Some(0),
             ..DedupeConfig::default()
         };
         let errors = bad.validate("pipelines.pay.dedupe");
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[3].starts_with("pipelines.pay.dedupe.max_event_time_behind_ms"));
         assert!(errors[0].starts_with("pipelines.pay.dedupe.key_fields"));
         assert!(errors[1].starts_with("pipelines.pay.dedupe.ttl_ms"));
         assert!(errors[2].starts_with("pipelines.pay.dedupe.bloom_false_positive_rate"));

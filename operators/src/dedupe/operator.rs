@@ -235,6 +235,27 @@ impl Operator for Dedupe {
                 partition: record.partition,
             });
         };
+        // Judged against committed-consistent stream time (restored with the state), never the
+        // wall clock, so a replay rejects exactly the same events. A rejected event does not
+        // move stream time.
+        if state.stream_time_ms != i64::MIN {
+            if let Some(ahead) = self.config.max_event_time_ahead_ms {
+                if event.event_time_ms > state.stream_time_ms.saturating_add(ahead) {
+                    return Ok(Disposition::Rejected {
+                        reason: "event_time_future",
+                        message: "event time is too far ahead of the partition's stream time",
+                    });
+                }
+            }
+            if let Some(behind) = self.config.max_event_time_behind_ms {
+                if event.event_time_ms < state.stream_time_ms.saturating_sub(behind) {
+                    return Ok(Disposition::Rejected {
+                        reason: "event_time_past",
+                        message: "event time is too far behind the partition's stream time",
+                    });
+                }
+            }
+        }
         state.stream_time_ms = state.stream_time_ms.max(event.event_time_ms);
         let stream_time_ms = state.stream_time_ms;
         state.filter.advance(stream_time_ms);

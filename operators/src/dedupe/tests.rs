@@ -230,3 +230,72 @@ fn dedupe_abort_after_the_filter_rotated_keeps_old_keys_findable() {
         vec![Port::Duplicates]
     );
 }
+
+#[test]
+fn dedupe_rejects_event_times_far_from_stream_time_after_a_reopen_too() {
+    let mut harness = Harness::new(DedupeConfig {
+        max_event_time_ahead_ms: Some(HOUR_MS),
+        max_event_time_behind_ms: Some(2 * HOUR_MS),
+        ..DedupeConfig::default()
+    });
+    let base = 1_700_000_000_000;
+    harness.process(0, "a", base, b"x");
+    harness.commit(0);
+    harness.reopen();
+    let judge = |harness: &mut Harness, offset: i64, id: &str, time_ms: i64| {
+        let record = RawRecord {
+            topic: "payments",
+            partition: 0,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            value: Some(b"x"),
+            headers: &[],
+        };
+        let event = Envelope {
+            id: id.to_owned(),
+            event_time_ms: time_ms,
+            ..Envelope::default()
+        };
+        let mut out = RecordingEmitter::default();
+        let disposition = harness
+            .operator
+            .process(&record, &event, &mut harness.stores, &mut out)
+            .unwrap();
+        (disposition, out.emitted.len())
+    };
+    // Stream time (restored from the store, not the wall clock) is `base`.
+    let (disposition, emitted) = judge(&mut harness, 1, "future", base + HOUR_MS + 1);
+    assert!(
+        matches!(
+            disposition,
+            Disposition::Rejected {
+                reason: "event_time_future",
+                ..
+            }
+        ),
+        "{disposition:?}"
+    );
+    assert_eq!(emitted, 0);
+    let (disposition, _) = judge(&mut harness, 2, "past", base - 2 * HOUR_MS - 1);
+    assert!(
+        matches!(
+            disposition,
+            Disposition::Rejected {
+                reason: "event_time_past",
+                ..
+            }
+        ),
+        "{disposition:?}"
+    );
+    // The rejected future event did not move stream time: an event at its edge is fine.
+    assert_eq!(
+        harness.process(3, "edge", base + HOUR_MS, b"x").ports(),
+        vec![Port::Main]
+    );
+    assert_eq!(
+        harness.process(4, "late-ok", base - HOUR_MS, b"x").ports(),
+        vec![Port::Main],
+        "within the bound behind the new stream time"
+    );
+}

@@ -1,0 +1,515 @@
+//! The reconciliation ledger: with every transaction, one record per input partition it read,
+//! written to the ledger topic in that same transaction, so the ledger is exactly as committed
+//! as the output it describes.
+//!
+//! A record says which offsets were consumed and what became of them:
+//!
+//! `in = out + duplicates + conflicts + late + dead_letters + sampled_out + repartitioned
+//!       + (waiting_after - waiting_before)`
+//!
+//! (`duplicates` includes ordering's repeats: both go to the duplicates topic; `waiting` counts
+//! events an operator holds in state behind a gap; `repartitioned` is the first stage of a
+//! repartitioned pipeline). Gap records are generated, not consumed, so they are counted but are
+//! not part of the identity. `output_digest` is the wrapping sum of the xxh3-64 hashes of the
+//! ids of the events published to the output topic: order-independent (transactions interleave
+//! partitions and a checker reads them in any order) and, unlike XOR, not blind to an id
+//! published twice (XOR cancels the pair; a sum adds its hash again).
+//!
+//! `breadcrumb verify --ledger` ([`check`]) compares the ledger with the topics.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the ledger record format; readers reject versions they do not know.
+pub const LEDGER_FORMAT_VERSION: u32 = 1;
+
+/// Which stage of a pipeline consumed the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerStage {
+    /// Decode and re-key into the repartition topic.
+    Repartition,
+    /// The operator chain.
+    Stateful,
+}
+
+/// What one transaction did with one input partition (the open transaction's tallies).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCounts {
+    /// Input records consumed.
+    #[serde(rename = "in")]
+    pub input: u64,
+    /// Events published to the output topic (held ones released included).
+    pub out: u64,
+    /// Copies of an event already seen (dedupe duplicates and ordering repeats).
+    pub duplicates: u64,
+    /// Same id, different payload.
+    pub conflicts: u64,
+    /// Arrived after their gap was given up.
+    pub late: u64,
+    /// Gap records generated (not part of the identity: they are not input).
+    pub gaps: u64,
+    /// Sent to the dead-letter topic.
+    pub dead_letters: u64,
+    /// Dropped by a sampling decision (0 until a sampling operator exists).
+    pub sampled_out: u64,
+    /// Re-keyed into the repartition topic (first stage of a repartitioned pipeline).
+    pub repartitioned: u64,
+    /// Wrapping sum of xxh3-64 of the output event ids.
+    pub output_digest: u64,
+}
+
+impl LedgerCounts {
+    /// Adds an output event id to the digest.
+    pub fn add_output(&mut self, id: &[u8]) {
+        self.out += 1;
+        self.output_digest = self.output_digest.wrapping_add(id_hash(id));
+    }
+
+    /// Whether the transaction did anything with the partition.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Hash of one event id in the output digest.
+pub fn id_hash(id: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id)
+}
+
+/// One ledger record (JSON on the ledger topic; `schemas/avro/ledger.avsc` describes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerEntry {
+    pub version: u32,
+    pub pipeline: String,
+    pub stage: LedgerStage,
+    /// The consumed topic and partition.
+    pub topic: String,
+    pub partition: i32,
+    /// First and last offset consumed in the transaction; absent when the transaction only
+    /// released held events of the partition (a processing-time timeout).
+    pub first_offset: Option<i64>,
+    pub last_offset: Option<i64>,
+    /// The transaction (`breadcrumb-txn` of everything it published).
+    pub transaction: String,
+    #[serde(flatten)]
+    pub counts: LedgerCounts,
+    /// Events held in state for the partition when the transaction began and when it committed.
+    pub waiting_before: u64,
+    pub waiting_after: u64,
+}
+
+impl LedgerEntry {
+    /// `in` minus everything it became; 0 when the record balances.
+    pub fn imbalance(&self) -> i128 {
+        let c = &self.counts;
+        c.input as i128
+            - (c.out + c.duplicates + c.conflicts + c.late + c.dead_letters) as i128
+            - (c.sampled_out + c.repartitioned) as i128
+            - (self.waiting_after as i128 - self.waiting_before as i128)
+    }
+
+    /// Ledger record key: the consumed partition, so one partition's records stay in order.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.pipeline, self.topic, self.partition)
+    }
+}
+
+/// What `verify --ledger` found published by one transaction for one consumed partition.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub out: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    pub late: u64,
+    pub gaps: u64,
+    pub dead_letters: u64,
+    pub repartitioned: u64,
+    pub output_digest: u64,
+}
+
+/// Which tallies the checker can observe: a pipeline without a duplicates topic counts
+/// duplicates without publishing them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observable {
+    pub duplicates: bool,
+    /// Gap records of a repartitioned pipeline name no source partition.
+    pub gaps: bool,
+}
+
+/// The ledger check of one pipeline.
+#[derive(Debug, Default, Clone)]
+pub struct LedgerReport {
+    /// One line per ledger record, in (topic, partition, offset) order.
+    pub ranges: Vec<String>,
+    /// Everything that does not reconcile.
+    pub violations: Vec<String>,
+    pub entries: u64,
+    pub input_records: u64,
+}
+
+impl LedgerReport {
+    pub fn consistent(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Identifies a ledger record: transaction, consumed topic, partition.
+pub type EntryKey = (String, String, i32);
+
+/// Checks committed ledger `entries` of a pipeline against the input offsets found per consumed
+/// (topic, partition) and what each (transaction, topic, partition) was seen publishing.
+/// Input offsets are those a `read_committed` reader sees, as the engine did.
+pub fn check(
+    entries: &[LedgerEntry],
+    inputs: &BTreeMap<(String, i32), Vec<i64>>,
+    observed: &HashMap<EntryKey, Observed>,
+    unattributed: u64,
+    observable: Observable,
+) -> LedgerReport {
+    let mut report = LedgerReport {
+        entries: entries.len() as u64,
+        input_records: inputs.values().map(|offsets| offsets.len() as u64).sum(),
+        ..LedgerReport::default()
+    };
+    let mut by_partition: BTreeMap<(String, i32), Vec<&LedgerEntry>> = BTreeMap::new();
+    let mut seen_keys: HashMap<EntryKey, usize> = HashMap::new();
+    for entry in entries {
+        by_partition
+            .entry((entry.topic.clone(), entry.partition))
+            .or_default()
+            .push(entry);
+        *seen_keys
+            .entry((
+                entry.transaction.clone(),
+                entry.topic.clone(),
+                entry.partition,
+            ))
+            .or_default() += 1;
+    }
+    for (key, count) in &seen_keys {
+        if *count > 1 {
+            report.violations.push(format!(
+                "{} {}[{}]: {count} ledger records for one transaction",
+                key.0, key.1, key.2
+            ));
+        }
+    }
+    for (key, _) in observed
+        .iter()
+        .filter(|(key, _)| !seen_keys.contains_key(*key))
+    {
+        report.violations.push(format!(
+            "{} {}[{}]: committed output without a ledger record",
+            key.0, key.1, key.2
+        ));
+    }
+    if unattributed > 0 {
+        report.violations.push(format!(
+            "{unattributed} committed records name no consumed partition"
+        ));
+    }
+    let no_offsets = Vec::new();
+    for ((topic, partition), mut list) in by_partition {
+        list.sort_by_key(|entry| entry.first_offset.unwrap_or(i64::MIN));
+        let offsets = inputs
+            .get(&(topic.clone(), partition))
+            .unwrap_or(&no_offsets);
+        let mut covered_until: Option<i64> = None;
+        for entry in list {
+            let found = observed
+                .get(&(entry.transaction.clone(), topic.clone(), partition))
+                .copied()
+                .unwrap_or_default();
+            let mut problems = Vec::new();
+            let range = match (entry.first_offset, entry.last_offset) {
+                (Some(first), Some(last)) => {
+                    if last < first {
+                        problems.push("empty offset range".to_owned());
+                    }
+                    if let Some(until) = covered_until {
+                        if first <= until {
+                            problems.push(format!("overlaps the range ending at {until}"));
+                        } else {
+                            let skipped = count_in(offsets, until + 1, first - 1);
+                            if skipped > 0 {
+                                problems.push(format!(
+                                    "{skipped} input records between {} and {} in no range",
+                                    until + 1,
+                                    first - 1
+                                ));
+                            }
+                        }
+                    } else {
+                        let skipped = count_in(offsets, i64::MIN, first - 1);
+                        if skipped > 0 {
+                            problems.push(format!(
+                                "{skipped} input records before {first} in no range"
+                            ));
+                        }
+                    }
+                    covered_until = Some(covered_until.map_or(last, |until| until.max(last)));
+                    let records = count_in(offsets, first, last);
+                    if records != entry.counts.input {
+                        problems.push(format!(
+                            "in {} but {records} input records in the range",
+                            entry.counts.input
+                        ));
+                    }
+                    format!("{first}..={last}")
+                }
+                (None, None) => {
+                    if entry.counts.input != 0 {
+                        problems.push("records in, but no offset range".to_owned());
+                    }
+                    "(no input)".to_owned()
+                }
+                _ => {
+                    problems.push("half an offset range".to_owned());
+                    "?".to_owned()
+                }
+            };
+            if entry.imbalance() != 0 {
+                problems.push(format!("identity off by {}", entry.imbalance()));
+            }
+            let c = &entry.counts;
+            let mut compare = |name: &str, claimed: u64, seen: u64| {
+                if claimed != seen {
+                    problems.push(format!("{name} {claimed} but {seen} found"));
+                }
+            };
+            compare("out", c.out, found.out);
+            if observable.duplicates {
+                compare("duplicates", c.duplicates, found.duplicates);
+            }
+            compare("conflicts", c.conflicts, found.conflicts);
+            compare("late", c.late, found.late);
+            if observable.gaps {
+                compare("gaps", c.gaps, found.gaps);
+            }
+            compare("dead letters", c.dead_letters, found.dead_letters);
+            compare("repartitioned", c.repartitioned, found.repartitioned);
+            if c.output_digest != found.output_digest {
+                problems.push(format!(
+                    "output digest {:016x} but {:016x} found",
+                    c.output_digest, found.output_digest
+                ));
+            }
+            let line = format!(
+                "{topic}[{partition}] {range} {}: in {} = out {} + dup {} + conf {} + late {} + dl {} + sampled {} + repart {} + waiting {:+}; gaps {}; digest {:016x}: {}",
+                entry.transaction,
+                c.input,
+                c.out,
+                c.duplicates,
+                c.conflicts,
+                c.late,
+                c.dead_letters,
+                c.sampled_out,
+                c.repartitioned,
+                entry.waiting_after as i64 - entry.waiting_before as i64,
+                c.gaps,
+                c.output_digest,
+                if problems.is_empty() { "ok".to_owned() } else { problems.join("; ") },
+            );
+            if !problems.is_empty() {
+                report.violations.push(line.clone());
+            }
+            report.ranges.push(line);
+        }
+    }
+    report
+}
+
+/// Offsets of `sorted` within `[first, last]`.
+fn count_in(sorted: &[i64], first: i64, last: i64) -> u64 {
+    if last < first {
+        return 0;
+    }
+    let start = sorted.partition_point(|offset| *offset < first);
+    let end = sorted.partition_point(|offset| *offset <= last);
+    (end - start) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(txn: &str, first: i64, last: i64, counts: LedgerCounts) -> LedgerEntry {
+        LedgerEntry {
+            version: LEDGER_FORMAT_VERSION,
+            pipeline: "p".into(),
+            stage: LedgerStage::Stateful,
+            topic: "in".into(),
+            partition: 0,
+            first_offset: Some(first),
+            last_offset: Some(last),
+            transaction: txn.into(),
+            counts,
+            waiting_before: 0,
+            waiting_after: 0,
+        }
+    }
+
+    fn outputs(ids: &[&str]) -> LedgerCounts {
+        let mut counts = LedgerCounts::default();
+        for id in ids {
+            counts.add_output(id.as_bytes());
+        }
+        counts
+    }
+
+    fn seen(txn: &str, counts: &LedgerCounts) -> (EntryKey, Observed) {
+        (
+            (txn.into(), "in".into(), 0),
+            Observed {
+                out: counts.out,
+                duplicates: counts.duplicates,
+                dead_letters: counts.dead_letters,
+                output_digest: counts.output_digest,
+                ..Observed::default()
+            },
+        )
+    }
+
+    const ALL: Observable = Observable {
+        duplicates: true,
+        gaps: true,
+    };
+
+    #[test]
+    fn ledger_digest_is_order_independent_and_sees_a_repeated_id() {
+        assert_eq!(
+            outputs(&["a", "b", "c"]).output_digest,
+            outputs(&["c", "a", "b"]).output_digest
+        );
+        assert_ne!(
+            outputs(&["a", "b"]).output_digest,
+            outputs(&["a", "b", "b", "b"]).output_digest,
+            "a sum, unlike XOR, does not cancel a doubled id"
+        );
+        assert_ne!(outputs(&["a"]).output_digest, outputs(&["b"]).output_digest);
+    }
+
+    #[test]
+    fn ledger_entry_round_trips_as_flat_json() {
+        let mut counts = outputs(&["x"]);
+        counts.input = 3;
+        counts.duplicates = 1;
+        counts.dead_letters = 1;
+        let original = entry("t:1", 10, 12, counts);
+        let json = serde_json::to_string(&original).unwrap();
+        assert!(json.contains("\"in\":3"), "{json}");
+        assert!(json.contains("\"output_digest\":"), "{json}");
+        let back: LedgerEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, original);
+        assert_eq!(back.imbalance(), 0);
+    }
+
+    #[test]
+    fn ledger_check_accepts_a_consistent_ledger() {
+        let mut first = outputs(&["a", "b"]);
+        first.input = 3;
+        first.duplicates = 1;
+        let mut second = outputs(&["c"]);
+        second.input = 2;
+        second.dead_letters = 1;
+        let entries = vec![entry("t:1", 0, 2, first), entry("t:2", 3, 5, second)];
+        // Offset 4 is a transaction marker: no record, inside the range.
+        let inputs = BTreeMap::from([(("in".to_owned(), 0), vec![0, 1, 2, 3, 5])]);
+        let observed = HashMap::from([seen("t:1", &first), seen("t:2", &second)]);
+        let report = check(&entries, &inputs, &observed, 0, ALL);
+        assert!(report.consistent(), "{:?}", report.violations);
+        assert_eq!(report.ranges.len(), 2);
+        assert!(report.ranges[0].contains("0..=2"), "{}", report.ranges[0]);
+    }
+
+    #[test]
+    fn ledger_check_reports_gaps_overlaps_and_mismatches() {
+        let mut first = outputs(&["a", "b"]);
+        first.input = 2;
+        let mut second = outputs(&["c"]);
+        second.input = 1;
+        let inputs = BTreeMap::from([(("in".to_owned(), 0), vec![0, 1, 2, 3])]);
+
+        // Offset 2 belongs to no range.
+        let entries = vec![entry("t:1", 0, 1, first), entry("t:2", 3, 3, second)];
+        let observed = HashMap::from([seen("t:1", &first), seen("t:2", &second)]);
+        let report = check(&entries, &inputs, &observed, 0, ALL);
+        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        assert!(report.violations[0].contains("in no range"));
+
+        // Overlapping ranges.
+        let entries = vec![entry("t:1", 0, 1, first), entry("t:2", 1, 1, second)];
+        let report = check(&entries, &inputs, &observed, 0, ALL);
+        assert!(report.violations.iter().any(|v| v.contains("overlaps")));
+
+        // An output the ledger does not claim (same count, other id): the digest differs.
+        let entries = vec![
+            entry("t:1", 0, 1, first),
+            entry("t:2", 2, 3, {
+                let mut c = outputs(&["c"]);
+                c.input = 2;
+                c.dead_letters = 1;
+                c
+            }),
+        ];
+        let mut wrong = outputs(&["d"]);
+        wrong.dead_letters = 1;
+        let observed = HashMap::from([seen("t:1", &first), seen("t:2", &wrong)]);
+        let report = check(&entries, &inputs, &observed, 0, ALL);
+        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        assert!(report.violations[0].contains("output digest"));
+
+        // Identity broken, output of a transaction without a ledger record, unattributed.
+        let mut broken = first;
+        broken.input = 3;
+        let entries = vec![entry("t:1", 0, 1, broken)];
+        let observed = HashMap::from([seen("t:1", &first), seen("t:9", &second)]);
+        let report = check(&entries, &inputs, &observed, 2, ALL);
+        let text = report.violations.join("\n");
+        assert!(text.contains("identity off by 1"), "{text}");
+        assert!(text.contains("in 3 but 2 input records"), "{text}");
+        assert!(
+            text.contains("t:9 in[0]: committed output without a ledger record"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 committed records name no consumed partition"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ledger_avro_schema_names_exactly_the_json_fields() {
+        let schema =
+            apache_avro::Schema::parse_str(include_str!("../../schemas/avro/ledger.avsc")).unwrap();
+        let apache_avro::Schema::Record(record) = schema else {
+            panic!("a record schema");
+        };
+        let mut in_schema: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
+        let json = serde_json::to_value(entry("t", 0, 1, outputs(&["a"]))).unwrap();
+        let mut in_json: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        in_schema.sort_unstable();
+        in_json.sort_unstable();
+        assert_eq!(in_schema, in_json);
+    }
+
+    #[test]
+    fn ledger_identity_counts_what_waits_in_state() {
+        let mut counts = outputs(&["a"]);
+        counts.input = 3;
+        let mut held = entry("t:1", 0, 2, counts);
+        held.waiting_before = 1;
+        held.waiting_after = 3;
+        assert_eq!(held.imbalance(), 0, "1 out, 2 more held");
+        held.waiting_after = 2;
+        assert_eq!(held.imbalance(), 1);
+    }
+}
