@@ -326,6 +326,13 @@ impl Core {
         let Some(&route_index) = self.route_by_topic.get(message.topic()) else {
             return Ok(());
         };
+        let outcome = self.process_record(route_index, message);
+        // Processed, well or not: a crash from here on is not this record's doing.
+        self.crash_guard.after(route_index, message.partition())?;
+        outcome
+    }
+
+    fn process_record(&mut self, route_index: usize, message: &BorrowedMessage<'_>) -> Result<()> {
         self.begin_if_needed()?;
         let partition = message.partition();
         let offset = message.offset();

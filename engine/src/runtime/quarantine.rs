@@ -2,12 +2,13 @@
 //! `quarantined`) instead of crash-looping the partition forever.
 //!
 //! A crash leaves no chance to write anything, so the record in flight is written down before
-//! it is processed, but only while that is cheap and useful: for the first
-//! `max_records_per_transaction` records after a partition is assigned. A crash can only be
+//! it is processed and cleared after (so a crash caused by another partition's record, or
+//! outside record processing, counts against no record), but only while that is cheap and
+//! useful: for the first `max_records_per_transaction` records after a partition is assigned. A crash can only be
 //! caused by a record of the open (uncommitted) transaction, and a restarted engine resumes at
 //! the last commit, so the record that crashed the previous run is always among those first
 //! records of the next. Each write is one `pwrite` of 8 bytes into the page cache (no fsync: a
-//! process crash does not lose it).
+//! process crash does not lose it); two per record.
 //!
 //! On assignment the in-flight marker of the previous run is read and cleared. An offset at or
 //! past the committed one was in flight when that run died: its crash count goes up (kept in a
@@ -45,6 +46,8 @@ struct Guarded {
     marks_left: usize,
     /// The offset that crashed earlier runs, and how often.
     crashed: Option<(i64, u32)>,
+    /// A record's offset is written down and not yet cleared.
+    marked: bool,
 }
 
 /// Crash bookkeeping of every assigned partition.
@@ -114,6 +117,7 @@ impl CrashGuard {
                 inflight,
                 marks_left: self.marks_after_assign,
                 crashed,
+                marked: false,
             },
         );
         Ok(())
@@ -134,7 +138,19 @@ impl CrashGuard {
             }
         }
         guarded.inflight.write_all_at(&offset.to_le_bytes(), 0)?;
+        guarded.marked = true;
         Ok(Verdict::Process)
+    }
+
+    /// Called once the record is processed (whatever the outcome): it is no longer in flight.
+    pub fn after(&mut self, route: usize, partition: i32) -> Result<()> {
+        if let Some(guarded) = self.partitions.get_mut(&(route, partition)) {
+            if guarded.marked {
+                guarded.inflight.write_all_at(&CLEARED.to_le_bytes(), 0)?;
+                guarded.marked = false;
+            }
+        }
+        Ok(())
     }
 
     /// The open transaction aborted and the partition rewinds: its records are marked again.
@@ -191,6 +207,9 @@ mod tests {
             if verdict != Verdict::Process {
                 break;
             }
+            if next < offset {
+                guard.after(0, 0).unwrap();
+            }
         }
         verdict
     }
@@ -206,6 +225,7 @@ mod tests {
         guard.assign(0, "in", 0, Some(10)).unwrap();
         for offset in 10..14 {
             assert_eq!(guard.before(0, 0, offset).unwrap(), Verdict::Process);
+            guard.after(0, 0).unwrap();
         }
         assert_eq!(
             guard.before(0, 0, 14).unwrap(),
@@ -231,6 +251,7 @@ mod tests {
         guard.assign(0, "in", 0, Some(0)).unwrap();
         for offset in 0..=5 {
             assert_eq!(guard.before(0, 0, offset).unwrap(), Verdict::Process);
+            guard.after(0, 0).unwrap();
         }
         guard.close();
         let mut guard = CrashGuard::new(dir.path(), 3, 100);
@@ -245,6 +266,29 @@ mod tests {
         let mut guard = CrashGuard::new(dir.path(), 3, 100);
         guard.assign(0, "in", 0, Some(7)).unwrap();
         assert_eq!(read_crashes(&guard.path("in", 0, "crashes")), Some((5, 1)));
+    }
+
+    #[test]
+    fn quarantine_blames_only_the_record_in_flight_not_other_partitions() {
+        let dir = tempfile::TempDir::new().unwrap();
+        for _ in 0..3 {
+            let mut guard = CrashGuard::new(dir.path(), 3, 100);
+            guard.assign(0, "in", 0, Some(0)).unwrap();
+            guard.assign(0, "in", 1, Some(0)).unwrap();
+            // Partition 1's record was processed (not yet committed), then partition 0's
+            // record crashed the process.
+            assert_eq!(guard.before(0, 1, 7).unwrap(), Verdict::Process);
+            guard.after(0, 1).unwrap();
+            assert_eq!(guard.before(0, 0, 3).unwrap(), Verdict::Process);
+        }
+        let mut guard = CrashGuard::new(dir.path(), 3, 100);
+        guard.assign(0, "in", 0, Some(0)).unwrap();
+        guard.assign(0, "in", 1, Some(0)).unwrap();
+        assert_eq!(guard.before(0, 1, 7).unwrap(), Verdict::Process);
+        assert_eq!(
+            guard.before(0, 0, 3).unwrap(),
+            Verdict::Quarantine { crashes: 3 }
+        );
     }
 
     #[test]
