@@ -169,7 +169,7 @@ impl Run {
             }
         }
         self.offset += 1;
-        if self.offset as u64 % COMMIT_EVERY == 0 {
+        if (self.offset as u64).is_multiple_of(COMMIT_EVERY) {
             self.operator
                 .checkpoint(&mut self.stores, self.offset - 1)
                 .unwrap();

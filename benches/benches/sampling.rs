@@ -98,7 +98,7 @@ impl Workload {
             let number = self.next_trace;
             self.next_trace += 1;
             let trace_id = Self::trace_id(number);
-            let duration = if number % 20 == 0 { 700 } else { 40 };
+            let duration = if number.is_multiple_of(20) { 700 } else { 40 };
             let start = (now - duration) * MS;
             for child in 0..SPANS_PER_TRACE - 1 {
                 backend.push(Span {
@@ -108,7 +108,11 @@ impl Workload {
                     name: "SELECT orders".into(),
                     start_time_unix_nano: start + child as u64 * MS,
                     end_time_unix_nano: start + (child as u64 + 5) * MS,
-                    status_code: if number % 50 == 0 && child == 0 { 2 } else { 0 },
+                    status_code: if number.is_multiple_of(50) && child == 0 {
+                        2
+                    } else {
+                        0
+                    },
                     attributes: vec![
                         ("db.system".into(), Value::Str("postgresql".into())),
                         ("db.rows".into(), Value::Int(12)),

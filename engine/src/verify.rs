@@ -124,8 +124,7 @@ fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
     read_headers(message.headers()?.as_borrowed(), &mut pairs);
     pairs
         .into_iter()
-        .filter(|(key, _)| *key == name)
-        .last()
+        .rfind(|(key, _)| *key == name)
         .and_then(|(_, value)| value)
         .map(|value| String::from_utf8_lossy(value).into_owned())
 }

@@ -25,7 +25,7 @@ use super::pipeline::{
     DEAD_LETTER_REASONS,
 };
 use super::quarantine::{CrashGuard, Verdict};
-use super::restore::{restore_partition, RestoreMetrics};
+use super::restore::{restore_partition, RestoreMetrics, RestoreTarget};
 use super::split::{SplitError, TraceSplitter};
 use super::stall::StallFlag;
 use crate::config::{EngineConfig, InputConfig, ProcessingGuarantee};
@@ -1212,10 +1212,12 @@ impl Core {
                 let reached = restore_partition(
                     &self.restore_consumer,
                     &self.backend,
-                    *store,
-                    topic,
-                    partition,
-                    committed_input,
+                    RestoreTarget {
+                        store: *store,
+                        changelog_topic: topic,
+                        partition,
+                        committed_input,
+                    },
                     restore_timeout,
                     &self.restore_metrics[slot],
                 );

@@ -21,6 +21,16 @@ pub struct RestoreMetrics {
     pub remaining: IntGauge,
 }
 
+/// One store partition to restore, and how far its input was committed.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreTarget<'a> {
+    pub store: StoreId,
+    pub changelog_topic: &'a str,
+    pub partition: i32,
+    /// The group's committed offset of the input partition, if any.
+    pub committed_input: Option<i64>,
+}
+
 /// Brings a store's partition up to date and returns the changelog offset it reached.
 ///
 /// Local state is trusted from its checkpoint on; the changelog tail past it is applied in order.
@@ -33,13 +43,16 @@ pub struct RestoreMetrics {
 pub fn restore_partition(
     consumer: &BaseConsumer<EndOfPartitionContext>,
     backend: &StateBackend,
-    store: StoreId,
-    changelog_topic: &str,
-    partition: i32,
-    committed_input: Option<i64>,
+    target: RestoreTarget<'_>,
     timeout: Duration,
     metrics: &RestoreMetrics,
 ) -> Result<i64> {
+    let RestoreTarget {
+        store,
+        changelog_topic,
+        partition,
+        committed_input,
+    } = target;
     let committed_input_offset = committed_input.unwrap_or(0);
     let (low, high) = consumer.fetch_watermarks(changelog_topic, partition, WATERMARK_TIMEOUT)?;
     let checkpoint = backend.checkpoint(store, partition)?;

@@ -6,7 +6,7 @@
 //!   the [`LineageReferences`] interface of the `lineage` policy.
 //! - [`operator`]: [`Sampling`], buffering, completion, decisions and late spans.
 //! - [`format`]: the versioned store payloads.
-//! - [`metrics`]: [`SamplingMetrics`].
+//! - [`metrics`] holds [`SamplingMetrics`].
 //!
 //! # Input
 //!

@@ -94,7 +94,7 @@ fn hex_field(map: &Map<String, Value>, key: &str, field: u32, out: &mut Vec<u8>)
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let digit = |byte: u8| (byte as char).to_digit(16);
