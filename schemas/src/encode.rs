@@ -11,6 +11,9 @@ use crate::error::{SchemasError, SchemasResult};
 /// Gap records of the ordering operator.
 pub const ORDERING_GAP_SCHEMA: &str = include_str!("../avro/ordering-gap.avsc");
 
+/// Decision records of the tail-sampling operator.
+pub const SAMPLING_DECISION_SCHEMA: &str = include_str!("../avro/sampling-decision.avsc");
+
 /// Edge records of the lineage operator.
 pub const LINEAGE_EDGE_SCHEMA: &str = include_str!("../avro/lineage-edge.avsc");
 
@@ -143,6 +146,21 @@ mod tests {
             field(&orphan, "trace_id"),
             Value::Union(0, Box::new(Value::Null))
         );
+    }
+
+    #[test]
+    fn decision_records_encode_and_read_back_with_apache_avro() {
+        let decision = r#"{"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","decision":"keep","policy":"errors","span_count":5,"duration_ms":1250,"completion":"quiet_period","first_seen_ms":1700000000000,"decided_at_ms":1700000012000,"pipeline":"traces"}"#;
+        let encoder = AvroRecordEncoder::new(SAMPLING_DECISION_SCHEMA, 9).unwrap();
+        let mut out = Vec::new();
+        encoder.encode_json(decision.as_bytes(), &mut out).unwrap();
+        let schema = Schema::parse_str(SAMPLING_DECISION_SCHEMA).unwrap();
+        let Value::Record(fields) = from_avro_datum(&schema, &mut &out[5..], None).unwrap() else {
+            panic!("a record")
+        };
+        assert_eq!(fields[1].1, Value::Enum(0, "keep".into()));
+        assert_eq!(fields[3].1, Value::Long(5));
+        assert_eq!(fields[5].1, Value::Enum(0, "quiet_period".into()));
     }
 
     #[test]

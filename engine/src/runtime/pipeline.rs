@@ -9,7 +9,9 @@ use breadcrumb_operators::pii::Pii;
 use breadcrumb_operators::sampling::{NoLineage, OtlpEncoding, Sampling, SamplingMetrics};
 use breadcrumb_operators::{Operator, Port};
 use breadcrumb_schemas::decode::avro::HttpRegistry;
-use breadcrumb_schemas::encode::{AvroRecordEncoder, ORDERING_GAP_SCHEMA};
+use breadcrumb_schemas::encode::{
+    AvroRecordEncoder, ORDERING_GAP_SCHEMA, SAMPLING_DECISION_SCHEMA,
+};
 use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, DecoderConfig, Envelope};
 use breadcrumb_state::{StateBackend, StoreId};
 use prometheus::{IntCounter, IntGauge};
@@ -378,14 +380,23 @@ fn generated_record_encoders(
         |message: String| EngineError::Config(vec![format!("generated_records.{message}")]);
     let client =
         HttpRegistry::from_config(registry).map_err(|error| config_error(error.to_string()))?;
-    if let Some(topic) = pipeline.gaps_topic() {
+    for (port, topic, schema) in [
+        (Port::Gaps, pipeline.gaps_topic(), ORDERING_GAP_SCHEMA),
+        (
+            Port::Decisions,
+            pipeline.decisions_topic(),
+            SAMPLING_DECISION_SCHEMA,
+        ),
+    ] {
+        let Some(topic) = topic else {
+            continue;
+        };
         let subject = format!("{topic}-value");
         let id = client
-            .register(&subject, ORDERING_GAP_SCHEMA)
+            .register(&subject, schema)
             .map_err(|error| config_error(format!("registry: registering `{subject}`: {error}")))?;
-        encoders[Port::Gaps.index()] = Some(
-            AvroRecordEncoder::new(ORDERING_GAP_SCHEMA, id)
-                .map_err(|error| config_error(error.to_string()))?,
+        encoders[port.index()] = Some(
+            AvroRecordEncoder::new(schema, id).map_err(|error| config_error(error.to_string()))?,
         );
     }
     Ok(encoders)

@@ -262,6 +262,18 @@ fn a_trace_completes_after_its_quiet_period_and_is_emitted_whole() {
     assert_eq!(decision["span_count"], 2);
     assert_eq!(decision["duration_ms"], 300);
     assert_eq!(decision["pipeline"], "t");
+    // The decision records fit their Avro schema (`generated_records.format = "avro"`).
+    let encoder = breadcrumb_schemas::encode::AvroRecordEncoder::new(
+        breadcrumb_schemas::encode::SAMPLING_DECISION_SCHEMA,
+        1,
+    )
+    .unwrap();
+    for decision in harness.decisions() {
+        let mut avro = Vec::new();
+        encoder
+            .encode_json(decision.to_string().as_bytes(), &mut avro)
+            .unwrap_or_else(|problem| panic!("{decision}: {problem}"));
+    }
     // Trace 2 (a root only, arrived at event time 200) completed first.
     assert_eq!(
         decision_of(&harness, 2).unwrap()["completion"],
