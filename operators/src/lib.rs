@@ -18,6 +18,7 @@ pub mod error;
 pub mod lineage;
 pub mod operator;
 pub mod ordering;
+mod persist;
 pub mod pii;
 pub mod sampling;
 

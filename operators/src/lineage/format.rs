@@ -12,19 +12,17 @@
 //! Every payload starts with its own version byte; reading dispatches on it, so a new format adds
 //! a decoder and old state stays readable. An unknown version is an error, never a guess.
 
+pub(crate) use crate::persist::corrupt;
 use crate::{OperatorError, Result};
 
 pub(crate) const SPAN_TAG: u8 = b's';
 pub(crate) const NODE_TAG: u8 = b'e';
 pub(crate) const PENDING_TAG: u8 = b'p';
-pub(crate) const META_KEY: &[u8] = b"m:partition";
 
 const SPAN_VERSION: u8 = 1;
 const NODE_VERSION: u8 = 1;
 const PENDING_VERSION: u8 = 1;
-const META_VERSION: u8 = 1;
 const PENDING_HEADER_LEN: usize = 1 + 8 + 8;
-const META_LEN: usize = 1 + 8 + 8;
 const NONE_LEN: u32 = u32::MAX;
 
 /// Why an edge could not be joined.
@@ -357,39 +355,6 @@ impl PendingHeader {
     }
 }
 
-/// What the operator persists about a partition as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PartitionMeta {
-    pub stream_time_ms: i64,
-    pub last_input_offset: i64,
-}
-
-impl PartitionMeta {
-    pub(crate) fn encode(&self) -> [u8; META_LEN] {
-        let mut out = [0u8; META_LEN];
-        out[0] = META_VERSION;
-        out[1..9].copy_from_slice(&self.stream_time_ms.to_be_bytes());
-        out[9..17].copy_from_slice(&self.last_input_offset.to_be_bytes());
-        out
-    }
-
-    pub(crate) fn decode(bytes: &[u8], operator: &str) -> Result<Self> {
-        match bytes.first() {
-            Some(&META_VERSION) if bytes.len() == META_LEN => Ok(Self {
-                stream_time_ms: i64_at(bytes, 1),
-                last_input_offset: i64_at(bytes, 9),
-            }),
-            Some(&META_VERSION) | None => {
-                Err(corrupt(operator, "partition meta has the wrong length"))
-            }
-            Some(&found) => Err(OperatorError::UnsupportedPayload {
-                operator: operator.to_owned(),
-                found,
-            }),
-        }
-    }
-}
-
 /// Builds `s` + trace id + span id into `out`.
 pub(crate) fn span_key(trace_id: &[u8; 16], span_id: &[u8; 8], out: &mut Vec<u8>) {
     out.clear();
@@ -425,13 +390,6 @@ fn put_str(text: Option<&str>, out: &mut Vec<u8>) {
 
 fn i64_at(bytes: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(bytes[at..at + 8].try_into().expect("length checked"))
-}
-
-pub(crate) fn corrupt(operator: &str, reason: &'static str) -> OperatorError {
-    OperatorError::CorruptPayload {
-        operator: operator.to_owned(),
-        reason,
-    }
 }
 
 /// Reads a payload front to back; running short is a corrupt payload, never a panic.
@@ -705,12 +663,6 @@ mod tests {
             (header, &b"record"[..])
         );
         assert!(PendingHeader::decode(&bytes[..PENDING_HEADER_LEN], "t").is_err());
-
-        let meta = PartitionMeta {
-            stream_time_ms: 9,
-            last_input_offset: -1,
-        };
-        assert_eq!(PartitionMeta::decode(&meta.encode(), "t").unwrap(), meta);
 
         let mut key = Vec::new();
         span_key(&[1; 16], &[2; 8], &mut key);

@@ -10,11 +10,11 @@ use smallvec::SmallVec;
 use super::config::LineageConfig;
 use super::format::{
     corrupt, event_key, span_key, split_span_key, Edge, EdgeKind, Node, OrphanReason, ParentSide,
-    PartitionMeta, PendingHeader, Resolution, SpanSide, StoredSpan, META_KEY, NODE_TAG,
-    PENDING_TAG, SPAN_TAG,
+    PendingHeader, Resolution, SpanSide, StoredSpan, NODE_TAG, PENDING_TAG, SPAN_TAG,
 };
 use super::metrics::LineageMetrics;
 use crate::operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration, Waiting};
+use crate::persist::{PartitionMeta, META_KEY};
 use crate::{OperatorError, Result};
 
 /// On republished events: the trace id (32 lower-case hex digits).
@@ -753,18 +753,6 @@ fn count_edge(shared: &Shared, edge: &Edge<'_>) {
     }
 }
 
-impl Lineage {
-    fn load_meta(&mut self, store: &mut PartitionStore) -> Result<PartitionMeta> {
-        Ok(match store.get(META_KEY, &mut self.scratch.payload)? {
-            Some(_) => PartitionMeta::decode(&self.scratch.payload, &self.shared.name)?,
-            None => PartitionMeta {
-                stream_time_ms: i64::MIN,
-                last_input_offset: -1,
-            },
-        })
-    }
-}
-
 impl Operator for Lineage {
     fn name(&self) -> &str {
         &self.shared.name
@@ -778,7 +766,7 @@ impl Operator for Lineage {
 
     fn open_partition(&mut self, stores: &mut [PartitionStore]) -> Result<()> {
         let store = &mut stores[0];
-        let meta = self.load_meta(store)?;
+        let meta = PartitionMeta::load(store, &mut self.scratch.payload, &self.shared.name)?;
         let mut state = PartitionState::new(meta);
         let shared = &self.shared;
         let operator = shared.name.as_str();

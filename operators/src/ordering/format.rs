@@ -5,7 +5,7 @@
 //! - `h` + key: the key's [`Head`] (expires `key_ttl_ms` of stream time after its last change);
 //! - `w` + key + sequence (u64 big-endian): a held record ([`Held`] header, then the
 //!   [`breadcrumb_schemas::StoredRecord`] encoding), never expiring: it is deleted when released;
-//! - `m:partition`: the partition's stream time and last input offset ([`PartitionMeta`]).
+//! - `m:partition`: the partition's stream time and last input offset ([`crate::persist::PartitionMeta`]).
 //!
 //! Every payload starts with its own version byte. Reading dispatches on it: a new format adds a
 //! `decode_vN` and converts to the current struct in `decode` (the migration hook), so old state
@@ -14,18 +14,16 @@
 
 use smallvec::SmallVec;
 
+use crate::persist::corrupt;
 use crate::{OperatorError, Result};
 
 pub(crate) const HEAD_TAG: u8 = b'h';
 pub(crate) const HELD_TAG: u8 = b'w';
-pub(crate) const META_KEY: &[u8] = b"m:partition";
 
 const HEAD_VERSION: u8 = 1;
 const HELD_VERSION: u8 = 1;
-const META_VERSION: u8 = 1;
 const HEAD_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 1 + 8 + 1;
 const HELD_HEADER_LEN: usize = 1 + 8 + 8 + 8;
-const META_LEN: usize = 1 + 8 + 8;
 
 /// A range of sequences given up as missing (both ends included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,41 +180,6 @@ impl Held {
     }
 }
 
-/// What the operator persists about a partition as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PartitionMeta {
-    pub stream_time_ms: i64,
-    /// Last input offset of the partition's committed prefix: tags writes that no input record
-    /// made (processing-time gaps) so a restore applies them.
-    pub last_input_offset: i64,
-}
-
-impl PartitionMeta {
-    pub(crate) fn encode(&self) -> [u8; META_LEN] {
-        let mut out = [0u8; META_LEN];
-        out[0] = META_VERSION;
-        out[1..9].copy_from_slice(&self.stream_time_ms.to_be_bytes());
-        out[9..17].copy_from_slice(&self.last_input_offset.to_be_bytes());
-        out
-    }
-
-    pub(crate) fn decode(bytes: &[u8], operator: &str) -> Result<Self> {
-        match bytes.first() {
-            Some(&META_VERSION) if bytes.len() == META_LEN => Ok(Self {
-                stream_time_ms: u64_at(bytes, 1) as i64,
-                last_input_offset: u64_at(bytes, 9) as i64,
-            }),
-            Some(&META_VERSION) | None => {
-                Err(corrupt(operator, "partition meta has the wrong length"))
-            }
-            Some(&found) => Err(OperatorError::UnsupportedPayload {
-                operator: operator.to_owned(),
-                found,
-            }),
-        }
-    }
-}
-
 /// Builds `h` + key into `out`.
 pub(crate) fn head_key(key: &[u8], out: &mut Vec<u8>) {
     out.clear();
@@ -241,13 +204,6 @@ pub(crate) fn split_held_key(key: &[u8]) -> Option<(&[u8], u64)> {
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(bytes[at..at + 8].try_into().expect("length checked"))
-}
-
-fn corrupt(operator: &str, reason: &'static str) -> OperatorError {
-    OperatorError::CorruptPayload {
-        operator: operator.to_owned(),
-        reason,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,12 +454,6 @@ mod tests {
         assert!(Held::decode(&bytes[..HELD_HEADER_LEN], "t").is_err());
         bytes[0] = 9;
         assert!(Held::decode(&bytes, "t").is_err());
-
-        let meta = PartitionMeta {
-            stream_time_ms: 123,
-            last_input_offset: -1,
-        };
-        assert_eq!(PartitionMeta::decode(&meta.encode(), "t").unwrap(), meta);
 
         let mut key = Vec::new();
         held_key(b"sabc", 42, &mut key);

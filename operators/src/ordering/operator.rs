@@ -11,12 +11,10 @@ use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::config::OrderingConfig;
-use super::format::{
-    head_key, held_key, split_held_key, Gap, GapReason, Head, Held, PartitionMeta, HELD_TAG,
-    META_KEY,
-};
+use super::format::{head_key, held_key, split_held_key, Gap, GapReason, Head, Held, HELD_TAG};
 use super::metrics::OrderingMetrics;
 use crate::operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration, Waiting};
+use crate::persist::{corrupt, PartitionMeta, META_KEY};
 use crate::{OperatorError, Result};
 
 /// On late events: why the event is late (`gap_declared`, `before_start`, `stale_epoch`,
@@ -486,13 +484,6 @@ fn emit_gap(gap: &Gap<'_>, scratch: &mut Scratch, out: &mut dyn Emitter) {
             value: gap.reason.as_str().as_bytes(),
         }],
     );
-}
-
-fn corrupt(operator: &str, reason: &'static str) -> OperatorError {
-    OperatorError::CorruptPayload {
-        operator: operator.to_owned(),
-        reason,
-    }
 }
 
 impl PartitionState {
@@ -1099,18 +1090,6 @@ fn emit_repeat(out: &mut dyn Emitter, of: &'static str, next: u64) {
     );
 }
 
-impl Ordering {
-    fn load_meta(&mut self, store: &mut PartitionStore) -> Result<PartitionMeta> {
-        Ok(match store.get(META_KEY, &mut self.scratch.payload)? {
-            Some(_) => PartitionMeta::decode(&self.scratch.payload, &self.shared.name)?,
-            None => PartitionMeta {
-                stream_time_ms: i64::MIN,
-                last_input_offset: -1,
-            },
-        })
-    }
-}
-
 impl Operator for Ordering {
     fn name(&self) -> &str {
         &self.shared.name
@@ -1124,7 +1103,7 @@ impl Operator for Ordering {
 
     fn open_partition(&mut self, stores: &mut [PartitionStore]) -> Result<()> {
         let store = &mut stores[0];
-        let meta = self.load_meta(store)?;
+        let meta = PartitionMeta::load(store, &mut self.scratch.payload, &self.shared.name)?;
         let mut state = PartitionState::new(meta);
         let operator = self.shared.name.as_str();
         let waiting = &mut state.waiting;

@@ -14,6 +14,7 @@
 use breadcrumb_schemas::otlp::{TraceId, TRACE_ID_LEN};
 
 use super::policy::{RateState, TraceSummary};
+use crate::persist::corrupt;
 use crate::{OperatorError, Result};
 
 pub const META_KEY: &[u8] = b"M";
@@ -22,13 +23,6 @@ pub const FRAGMENT_TAG: u8 = b'F';
 pub const DECISION_TAG: u8 = b'D';
 
 const VERSION: u8 = 1;
-
-fn corrupt(operator: &str, reason: &'static str) -> OperatorError {
-    OperatorError::CorruptPayload {
-        operator: operator.to_owned(),
-        reason,
-    }
-}
 
 fn check_version(payload: &[u8], operator: &str) -> Result<()> {
     match payload.first() {
