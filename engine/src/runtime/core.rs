@@ -413,16 +413,17 @@ impl Core {
             let index = match route.stage {
                 Stage::Repartition { pipeline } | Stage::Stateful { pipeline } => pipeline,
             };
-            dead_letter(
+            DeadLetters::new(
                 producer,
                 dead_letter_topic,
-                &pipelines[index].name,
-                pipelines[index].withhold_dead_letter_payload,
+                &pipelines[index],
+                transaction_header,
+                add_source_headers,
+            )
+            .send(
                 &record,
                 reason,
                 message,
-                transaction_header,
-                add_source_headers,
                 &mut pipeline_counts[index],
                 ledger,
             )?;
@@ -431,20 +432,21 @@ impl Core {
                 Stage::Repartition { pipeline: index } => {
                     let pipeline = &mut pipelines[index];
                     let counts = &mut pipeline_counts[index];
+                    let dead_letters = DeadLetters::new(
+                        producer,
+                        dead_letter_topic,
+                        pipeline,
+                        transaction_header,
+                        add_source_headers,
+                    );
                     match pipeline.decoder.decode(&record, envelope) {
                         Err(error) if error.class == DecodeErrorClass::SchemaUnavailable => {
                             return Err(EngineError::SchemaUnavailable(error.message));
                         }
-                        Err(error) => dead_letter(
-                            producer,
-                            dead_letter_topic,
-                            &pipeline.name,
-                            pipeline.withhold_dead_letter_payload,
+                        Err(error) => dead_letters.send(
                             &record,
                             decode_reason(error.class),
                             &error.message,
-                            transaction_header,
-                            add_source_headers,
                             counts,
                             ledger,
                         )?,
@@ -474,16 +476,10 @@ impl Core {
                             match split {
                                 Ok(()) => {}
                                 Err(SplitError::Emit(error)) => return Err(error.into()),
-                                Err(SplitError::Batch(error)) => dead_letter(
-                                    producer,
-                                    dead_letter_topic,
-                                    &pipeline.name,
-                                    pipeline.withhold_dead_letter_payload,
+                                Err(SplitError::Batch(error)) => dead_letters.send(
                                     &record,
                                     "invalid_protobuf",
                                     error.message(),
-                                    transaction_header,
-                                    add_source_headers,
                                     counts,
                                     ledger,
                                 )?,
@@ -495,16 +491,10 @@ impl Core {
                                 .as_ref()
                                 .expect("repartition stage has a repartition topic");
                             match repartition_key(*key_kind, envelope) {
-                                None => dead_letter(
-                                    producer,
-                                    dead_letter_topic,
-                                    &pipeline.name,
-                                    pipeline.withhold_dead_letter_payload,
+                                None => dead_letters.send(
                                     &record,
                                     "missing_field",
                                     "the repartition key field is absent",
-                                    transaction_header,
-                                    add_source_headers,
                                     counts,
                                     ledger,
                                 )?,
@@ -531,16 +521,17 @@ impl Core {
                         if error.class == DecodeErrorClass::SchemaUnavailable {
                             return Err(EngineError::SchemaUnavailable(error.message));
                         }
-                        dead_letter(
+                        DeadLetters::new(
                             producer,
                             dead_letter_topic,
-                            &pipeline.name,
-                            pipeline.withhold_dead_letter_payload,
+                            pipeline,
+                            transaction_header,
+                            add_source_headers,
+                        )
+                        .send(
                             &record,
                             decode_reason(error.class),
                             &error.message,
-                            transaction_header,
-                            add_source_headers,
                             counts,
                             ledger,
                         )?;
@@ -1369,19 +1360,15 @@ impl Sink for Publisher<'_> {
         if self.error.is_some() {
             return;
         }
-        if let Err(error) = dead_letter(
-            self.producer,
-            self.dead_letter_topic,
-            self.pipeline,
-            self.withhold_payload,
-            record,
-            reason,
-            message,
-            self.transaction,
-            self.add_source_headers,
-            self.counts,
-            self.ledger,
-        ) {
+        let dead_letters = DeadLetters {
+            producer: self.producer,
+            topic: self.dead_letter_topic,
+            pipeline: self.pipeline,
+            withhold_payload: self.withhold_payload,
+            transaction: self.transaction,
+            add_source_headers: self.add_source_headers,
+        };
+        if let Err(error) = dead_letters.send(record, reason, message, self.counts, self.ledger) {
             self.error = Some(error);
         }
     }
@@ -1444,52 +1431,78 @@ fn send_record(
     send_with_backpressure(producer, base)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn dead_letter(
-    producer: &TransactionalProducer,
-    topic: &str,
-    pipeline: &str,
+/// Where one pipeline's dead letters go within the open transaction.
+#[derive(Clone, Copy)]
+struct DeadLetters<'a> {
+    producer: &'a TransactionalProducer,
+    topic: &'a str,
+    pipeline: &'a str,
+    /// Keep only coordinates and reason (the pipeline rewrites personal data).
     withhold_payload: bool,
-    record: &RawRecord<'_>,
-    reason: &'static str,
-    message: &str,
-    transaction: &[u8],
+    transaction: &'a [u8],
     add_source_headers: bool,
-    counts: &mut PipelineCounts,
-    ledger: &mut LedgerCounts,
-) -> std::result::Result<(), KafkaError> {
-    counts.dead_letters[dead_letter_reason_index(reason)] += 1;
-    ledger.dead_letters += 1;
-    // What made the record too big stays out of the dead letter, which must fit the producer's
-    // limits; the source coordinates point at the original. A pipeline that rewrites personal
-    // data cannot rewrite what it could not read: its dead letters keep only their coordinates.
-    let kept = if withhold_payload {
-        RawRecord {
-            key: None,
-            value: None,
-            headers: &[],
-            ..*record
+}
+
+impl<'a> DeadLetters<'a> {
+    fn new(
+        producer: &'a TransactionalProducer,
+        topic: &'a str,
+        pipeline: &'a Pipeline,
+        transaction: &'a [u8],
+        add_source_headers: bool,
+    ) -> Self {
+        Self {
+            producer,
+            topic,
+            pipeline: &pipeline.name,
+            withhold_payload: pipeline.withhold_dead_letter_payload,
+            transaction,
+            add_source_headers,
         }
-    } else {
-        RawRecord {
-            key: record.key.filter(|_| reason != "oversized_key"),
-            value: record.value.filter(|_| reason != "oversized"),
-            ..*record
-        }
-    };
-    send_record(
-        producer,
-        topic,
-        &kept,
-        None,
-        &[
-            (headers::DLQ_REASON, reason.as_bytes()),
-            (headers::DLQ_MESSAGE, message.as_bytes()),
-            (headers::DLQ_PIPELINE, pipeline.as_bytes()),
-        ],
-        add_source_headers,
-        transaction,
-    )
+    }
+
+    fn send(
+        &self,
+        record: &RawRecord<'_>,
+        reason: &'static str,
+        message: &str,
+        counts: &mut PipelineCounts,
+        ledger: &mut LedgerCounts,
+    ) -> std::result::Result<(), KafkaError> {
+        counts.dead_letters[dead_letter_reason_index(reason)] += 1;
+        ledger.dead_letters += 1;
+        // What made the record too big stays out of the dead letter, which must fit the
+        // producer's limits; the source coordinates point at the original. A pipeline that
+        // rewrites personal data cannot rewrite what it could not read: its dead letters keep
+        // only their coordinates.
+        let kept = if self.withhold_payload {
+            RawRecord {
+                key: None,
+                value: None,
+                headers: &[],
+                ..*record
+            }
+        } else {
+            RawRecord {
+                key: record.key.filter(|_| reason != "oversized_key"),
+                value: record.value.filter(|_| reason != "oversized"),
+                ..*record
+            }
+        };
+        send_record(
+            self.producer,
+            self.topic,
+            &kept,
+            None,
+            &[
+                (headers::DLQ_REASON, reason.as_bytes()),
+                (headers::DLQ_MESSAGE, message.as_bytes()),
+                (headers::DLQ_PIPELINE, self.pipeline.as_bytes()),
+            ],
+            self.add_source_headers,
+            self.transaction,
+        )
+    }
 }
 
 /// Enqueues a record, waiting while librdkafka's queue is full: the queue's bound is the
