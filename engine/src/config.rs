@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use breadcrumb_operators::dedupe::DedupeConfig;
+use breadcrumb_operators::lineage::LineageConfig;
 use breadcrumb_operators::ordering::OrderingConfig;
 use breadcrumb_operators::pii::PiiConfig;
 use breadcrumb_operators::sampling::SamplingConfig;
@@ -366,6 +367,21 @@ pub struct PipelineConfig {
     /// `<output_topic>-decisions`. Only with `sampling`.
     #[serde(default)]
     pub decisions_topic: Option<String>,
+    /// Record-level lineage, run last in the chain: each business event is joined to the span
+    /// that produced it, its trace's root span and its parent event, republished with lineage
+    /// headers, and described by edge records on `lineage_topic`. Requires
+    /// `repartition_by = "trace_id"`, so a trace's spans and events meet on one partition.
+    #[serde(default)]
+    pub lineage: Option<LineageConfig>,
+    /// OTLP trace topics (one `ExportTraceServiceRequest` in protobuf per record) whose spans
+    /// lineage joins events to. They are split per trace into the repartition topic beside the
+    /// events. Only with `lineage`.
+    #[serde(default)]
+    pub span_topics: Vec<String>,
+    /// Where lineage edge records go; defaults to `<output_topic>-lineage`. Only with
+    /// `lineage`.
+    #[serde(default)]
+    pub lineage_topic: Option<String>,
 }
 
 impl PipelineConfig {
@@ -393,6 +409,15 @@ impl PipelineConfig {
             self.decisions_topic
                 .clone()
                 .unwrap_or_else(|| format!("{}-decisions", self.output_topic))
+        })
+    }
+
+    /// The lineage edge topic, when the pipeline joins lineage.
+    pub fn lineage_topic(&self) -> Option<String> {
+        self.lineage.as_ref().map(|_| {
+            self.lineage_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}-lineage", self.output_topic))
         })
     }
 
@@ -590,6 +615,46 @@ impl EngineConfig {
             if pipeline.output_topic.trim().is_empty() {
                 errors.push(format!("{prefix}.output_topic: must not be empty"));
             }
+            for topic in &pipeline.span_topics {
+                if let Some(other) = seen_inputs.insert(topic, name) {
+                    errors.push(format!(
+                        "{prefix}.span_topics: `{topic}` is already read by pipeline `{other}`"
+                    ));
+                }
+            }
+            match &pipeline.lineage {
+                Some(lineage) => {
+                    errors.extend(lineage.validate(&format!("{prefix}.lineage")));
+                    if pipeline.repartition_by != Some(RepartitionKey::TraceId) {
+                        errors.push(format!(
+                            "{prefix}.repartition_by: lineage needs a trace's spans and events on one partition; set it to \"trace_id\""
+                        ));
+                    }
+                    if pipeline.decoder.is_otlp() {
+                        errors.push(format!(
+                            "{prefix}.decoder.format: lineage joins business events; spans come from `{prefix}.span_topics`"
+                        ));
+                    }
+                    if pipeline.sampling.is_some() {
+                        errors.push(format!(
+                            "{prefix}.sampling: a lineage pipeline has no sampling stage; sample its span topics in a pipeline of their own"
+                        ));
+                    }
+                }
+                None => {
+                    for (key, set) in [
+                        ("span_topics", !pipeline.span_topics.is_empty()),
+                        ("lineage_topic", pipeline.lineage_topic.is_some()),
+                    ] {
+                        if set {
+                            errors.push(format!(
+                                "{prefix}.{key}: only used with `{prefix}.lineage`, which is not configured"
+                            ));
+                        }
+                    }
+                }
+            }
+
             errors.extend(pipeline.decoder.validate(&format!("{prefix}.decoder")));
             errors.extend(pipeline.dedupe.validate(&format!("{prefix}.dedupe")));
             if let Some(pii) = &pipeline.pii {

@@ -12,8 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::mocking::MockCluster;
 
 use crate::config::EngineConfig;
+use crate::demo_lineage::{self, LineageSummary};
 use crate::error::{EngineError, Result};
 use crate::generate::{self, ProducedCounts, WorkloadSpec};
+use crate::generate_commerce::{self, CommerceSpec};
 use crate::generate_traces::{self, TraceCounts, TraceKind, TraceManifest, TraceWorkloadSpec};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -64,6 +66,8 @@ pub struct DemoOptions {
     pub sequence_gap_percent: f64,
     /// Traces of the telemetry workload (clock traces not included).
     pub traces: u64,
+    /// Commerce flows (order → payment → invoice) of the lineage workload.
+    pub flows: u64,
     /// Show progress bars (off when not on a terminal).
     pub progress: bool,
 }
@@ -78,6 +82,7 @@ impl Default for DemoOptions {
             shuffled_accounts_percent: 10.0,
             sequence_gap_percent: 0.05,
             traces: 2_000,
+            flows: 300,
             progress: true,
         }
     }
@@ -111,6 +116,8 @@ pub struct DemoSummary {
     pub output_exactly_once: bool,
     /// The tail-sampling side.
     pub telemetry: TelemetrySummary,
+    /// The lineage side.
+    pub lineage: LineageSummary,
     pub elapsed_ms: u128,
 }
 
@@ -385,12 +392,14 @@ impl DemoSummary {
             }
         ));
         self.telemetry.render_into(&mut text);
+        self.lineage.render_into(&mut text);
         text.push_str(&format!(
-            "\n  transactions      {} committed, {} aborted (both pipelines); {:.1} s, {:.0} records/s\n",
+            "\n  transactions      {} committed, {} aborted (all pipelines); {:.1} s, {:.0} records/s\n",
             self.transactions_committed,
             self.transactions_aborted,
             seconds,
-            (self.events_in + self.telemetry.records_in) as f64 / seconds.max(0.001)
+            (self.events_in + self.telemetry.records_in + self.lineage.events_in) as f64
+                / seconds.max(0.001)
         ));
         text
     }
@@ -470,8 +479,9 @@ name = "baseline"
 type = "probabilistic"
 sampling_percentage = 5.0
 hash_salt = "breadcrumb-demo"
-"#,
-        state_dir = state_dir.display()
+{lineage}"#,
+        state_dir = state_dir.display(),
+        lineage = demo_lineage::config_section(),
     );
     EngineConfig::from_toml(&text)
 }
@@ -497,6 +507,8 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic(INPUT_TOPIC, INPUT_PARTITIONS, 1)?;
     cluster.create_topic(TRACES_TOPIC, TRACES_PARTITIONS, 1)?;
+    cluster.create_topic(demo_lineage::EVENTS_TOPIC, demo_lineage::PARTITIONS, 1)?;
+    cluster.create_topic(demo_lineage::SPANS_TOPIC, demo_lineage::PARTITIONS, 1)?;
     let state_dir = tempfile::TempDir::new()?;
     let config = Arc::new(demo_config(&bootstrap, state_dir.path())?);
     // The mock broker has no CreateTopics API, so the demo creates what the engine would.
@@ -535,6 +547,15 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         |sent| traces_bar.set_position(sent),
     )?;
     traces_bar.finish();
+    let commerce = generate_commerce::produce(
+        &base_client_config(&config),
+        demo_lineage::EVENTS_TOPIC,
+        demo_lineage::SPANS_TOPIC,
+        &CommerceSpec {
+            flows: options.flows,
+            ..CommerceSpec::default()
+        },
+    )?;
 
     let metrics = Metrics::new();
     let health = Health::new();
@@ -554,8 +575,16 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     let traces_in = metrics
         .events_in
         .with_label_values(&[TRACES_PIPELINE, TRACES_TOPIC]);
-    let records_total = produced.total() + manifest.counts.records();
-    let records_in = || events_in.get() + traces_in.get();
+    let commerce_in = [demo_lineage::EVENTS_TOPIC, demo_lineage::SPANS_TOPIC].map(|topic| {
+        metrics
+            .events_in
+            .with_label_values(&[demo_lineage::PIPELINE, topic])
+    });
+    let records_total =
+        produced.total() + manifest.counts.records() + commerce.events + commerce.span_records;
+    let records_in = || {
+        events_in.get() + traces_in.get() + commerce_in.iter().map(|count| count.get()).sum::<u64>()
+    };
     let process_bar = bar(options.progress, records_total, "processing");
     let deadline = Instant::now() + Duration::from_secs(180);
     while records_in() < records_total && Instant::now() < deadline && !engine.is_finished() {
@@ -616,6 +645,7 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         }
     }
     let telemetry = telemetry_summary(&config, &metrics, manifest)?;
+    let lineage = demo_lineage::summary(&config, &metrics, &commerce)?;
     let dead_letters = DEAD_LETTER_REASONS
         .iter()
         .map(|reason| {
@@ -658,6 +688,7 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
             && ids.len() as u64 == output.len() as u64
             && ids.len() as u64 == produced.new,
         telemetry,
+        lineage,
         elapsed_ms: started.elapsed().as_millis(),
     })
 }

@@ -1,11 +1,13 @@
 //! Names of the headers breadcrumb adds to what it publishes.
 
-/// Topic the record was read from.
-pub const SOURCE_TOPIC: &str = "breadcrumb-source-topic";
-/// Partition the record was read from.
-pub const SOURCE_PARTITION: &str = "breadcrumb-source-partition";
-/// Offset the record was read from.
-pub const SOURCE_OFFSET: &str = "breadcrumb-source-offset";
+/// Topic, partition and offset the record was read from (defined beside [`RawRecord::origin`],
+/// which reads them back).
+///
+/// [`RawRecord::origin`]: breadcrumb_schemas::RawRecord::origin
+pub use breadcrumb_schemas::envelope::{
+    SOURCE_OFFSET_HEADER as SOURCE_OFFSET, SOURCE_PARTITION_HEADER as SOURCE_PARTITION,
+    SOURCE_TOPIC_HEADER as SOURCE_TOPIC,
+};
 /// The transaction that published the record (`<transactional-id>:<incarnation>:<sequence>`).
 pub const TRANSACTION: &str = "breadcrumb-txn";
 /// Dead letters: the reason class (`invalid_json`, `missing_field`, ...).
@@ -17,3 +19,8 @@ pub const DLQ_PIPELINE: &str = "breadcrumb-dlq-pipeline";
 /// On a generated record that should have been Avro but did not fit its schema (a bug): the
 /// encoding it was sent in instead.
 pub const ENCODING_FALLBACK: &str = "breadcrumb-encoding-fallback";
+/// On records of a repartition topic that are not business events: what they are. Lineage's
+/// span side input carries [`KIND_SPANS`].
+pub const RECORD_KIND: &str = "breadcrumb-kind";
+/// [`RECORD_KIND`] of one trace's spans, split from an OTLP batch of a `span_topics` topic.
+pub const KIND_SPANS: &[u8] = b"spans";

@@ -5,11 +5,13 @@
 //! A record says which offsets were consumed and what became of them:
 //!
 //! `in = out + duplicates + conflicts + late + dead_letters + sampled_out + repartitioned
-//!       + (waiting_after - waiting_before)`
+//!       + side_input + (waiting_after - waiting_before)`
 //!
 //! (`duplicates` includes ordering's repeats: both go to the duplicates topic; `waiting` counts
 //! events an operator holds in state behind a gap; `repartitioned` is the first stage of a
-//! repartitioned pipeline). Gap records are generated, not consumed, so they are counted but are
+//! repartitioned pipeline; `side_input` counts span records lineage keeps in state without
+//! output of their own: a span batch at the first stage, each trace's part of it at the second).
+//! Gap records are generated, not consumed, so they are counted but are
 //! not part of the identity. `output_digest` is the wrapping sum of the xxh3-64 hashes of the
 //! ids of the events published to the output topic: order-independent (transactions interleave
 //! partitions and a checker reads them in any order) and, unlike XOR, not blind to an id
@@ -21,8 +23,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the ledger record format; readers reject versions they do not know.
-pub const LEDGER_FORMAT_VERSION: u32 = 1;
+/// Version of the ledger record format; readers reject versions they do not know. Version 2
+/// added `side_input` (absent, so 0, in version 1 records).
+pub const LEDGER_FORMAT_VERSION: u32 = 2;
 
 /// Which stage of a pipeline consumed the partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,6 +59,9 @@ pub struct LedgerCounts {
     pub sampled_out: u64,
     /// Re-keyed into the repartition topic (first stage of a repartitioned pipeline).
     pub repartitioned: u64,
+    /// Span records lineage keeps as side input: they leave no output of their own.
+    #[serde(default)]
+    pub side_input: u64,
     /// Wrapping sum of xxh3-64 of the output event ids.
     pub output_digest: u64,
 }
@@ -107,7 +113,7 @@ impl LedgerEntry {
         let c = &self.counts;
         c.input as i128
             - (c.out + c.duplicates + c.conflicts + c.late + c.dead_letters) as i128
-            - (c.sampled_out + c.repartitioned) as i128
+            - (c.sampled_out + c.repartitioned + c.side_input) as i128
             - (self.waiting_after as i128 - self.waiting_before as i128)
     }
 
@@ -298,7 +304,7 @@ pub fn check(
                 ));
             }
             let line = format!(
-                "{topic}[{partition}] {range} {}: in {} = out {} + dup {} + conf {} + late {} + dl {} + sampled {} + repart {} + waiting {:+}; gaps {}; digest {:016x}: {}",
+                "{topic}[{partition}] {range} {}: in {} = out {} + dup {} + conf {} + late {} + dl {} + sampled {} + repart {} + side {} + waiting {:+}; gaps {}; digest {:016x}: {}",
                 entry.transaction,
                 c.input,
                 c.out,
@@ -308,6 +314,7 @@ pub fn check(
                 c.dead_letters,
                 c.sampled_out,
                 c.repartitioned,
+                c.side_input,
                 entry.waiting_after as i64 - entry.waiting_before as i64,
                 c.gaps,
                 c.output_digest,

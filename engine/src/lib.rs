@@ -13,8 +13,10 @@
 
 pub mod config;
 pub mod demo;
+pub mod demo_lineage;
 pub mod error;
 pub mod generate;
+pub mod generate_commerce;
 pub mod generate_traces;
 pub mod headers;
 pub mod http;

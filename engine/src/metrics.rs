@@ -1,6 +1,7 @@
 //! Prometheus metrics. Handles are resolved once (per pipeline, topic or store) and held by the
 //! runtime; nothing on the per-record path looks a metric up by name.
 
+use breadcrumb_operators::lineage::LineageMetricFamilies;
 use breadcrumb_operators::ordering::metrics::{REORDER_DEPTH_BUCKETS, TIME_IN_BUFFER_BUCKETS};
 use breadcrumb_operators::sampling::SamplingMetrics;
 use prometheus::{
@@ -64,6 +65,8 @@ pub struct Metrics {
     pub sampling_buffered_bytes: IntGaugeVec,
     /// Decisions by policy, late spans by outcome, completions (forced ones included).
     pub sampling: SamplingMetrics,
+    /// Lineage edges, orphans by reason, join waits and window state, per pipeline.
+    pub lineage: LineageMetricFamilies,
 }
 
 impl Metrics {
@@ -243,6 +246,8 @@ impl Metrics {
             "Bytes of spans buffered by tail sampling, as of the last commit.",
             &["pipeline"],
         );
+        let lineage =
+            LineageMetricFamilies::register(&registry).expect("lineage metrics register once");
         let sampling = SamplingMetrics::unregistered();
         for family in [
             &sampling.decisions,
@@ -281,6 +286,7 @@ impl Metrics {
             sampling_pending_traces,
             sampling_buffered_bytes,
             sampling,
+            lineage,
         }
     }
 

@@ -14,6 +14,7 @@ fn demo_conserves_records_and_publishes_every_id_once() {
         shuffled_accounts_percent: 20.0,
         sequence_gap_percent: 0.5,
         traces: 400,
+        flows: 200,
         progress: false,
     })
     .expect("demo runs");
@@ -102,4 +103,44 @@ fn demo_conserves_records_and_publishes_every_id_once() {
     );
     assert!(telemetry.spans_exact(), "{}", summary.render());
     assert!(summary.render().contains("exactly the spans of the"));
+
+    // Lineage: every event joined or orphaned exactly as the workload broke its links, every
+    // edge naming where its event's copy landed.
+    let lineage = &summary.lineage;
+    assert_eq!(lineage.flows, 200);
+    assert!(lineage.payments_lost > 0 && lineage.flows_without_spans > 0);
+    assert_eq!(lineage.events_in, lineage.events_produced);
+    assert_eq!(lineage.events_out, lineage.events_produced);
+    assert_eq!(lineage.pending, 0, "{}", summary.render());
+    assert_eq!(lineage.span_edges, lineage.events_produced);
+    assert_eq!(
+        lineage.parent_edges,
+        2 * lineage.flows - lineage.payments_lost,
+        "a parent edge per payment and per invoice"
+    );
+    assert_eq!(
+        lineage.check.edge_records,
+        lineage.span_edges + lineage.parent_edges
+    );
+    let orphans = |reason: &str| {
+        lineage
+            .orphans
+            .iter()
+            .find(|(name, _)| name == reason)
+            .map_or(0, |(_, count)| *count)
+    };
+    assert_eq!(orphans("parent_event_not_seen"), lineage.payments_lost);
+    assert!(orphans("trace_not_seen") >= 2 * lineage.flows_without_spans);
+    assert!(lineage.ok(), "{}", summary.render());
+    assert_eq!(lineage.check.chain.len(), 3, "invoice, payment, order");
+    assert_eq!(
+        lineage
+            .check
+            .chain
+            .iter()
+            .map(|(_, service, _)| service.as_str())
+            .collect::<Vec<_>>(),
+        ["billing", "payments", "orders"]
+    );
+    assert_eq!(lineage.check.chain_root_service, "storefront");
 }

@@ -5,47 +5,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use breadcrumb_engine::generate::{RecordKind, Workload, WorkloadSpec, CLOUDEVENTS_JSON};
-use breadcrumb_integration_tests::{
-    committed_offsets, create_topics, produce, watermarks, Broker, Storage, TestRecord,
-};
+use breadcrumb_integration_tests::{create_topics, produce, Broker, Storage, TestRecord};
 use common::{assert_ledger_consistent, verify, EngineProcess, Scenario};
 
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Waits until the group's committed offsets on `topic` stop moving at the topic's end. A
-/// transactional topic ends with commit markers, so "at the end" allows the marker's offset.
-fn wait_until_drained(scenario: &Scenario, topic: &str) -> Result<()> {
-    let deadline = Instant::now() + CONSUME_TIMEOUT;
-    let mut stable_since: Option<(Instant, Vec<(i32, i64)>)> = None;
-    loop {
-        let ends = watermarks(&scenario.bootstrap, topic)?;
-        let committed = committed_offsets(&scenario.bootstrap, &scenario.application_id, topic)
-            .unwrap_or_default();
-        let at_end = ends.iter().all(|(partition, (_, high))| {
-            *high == 0
-                || committed
-                    .get(partition)
-                    .is_some_and(|offset| *offset >= high - 1)
-        });
-        let snapshot: Vec<(i32, i64)> = committed.into_iter().collect();
-        match &stable_since {
-            Some((since, seen)) if at_end && *seen == snapshot => {
-                if since.elapsed() > Duration::from_millis(1_500) {
-                    return Ok(());
-                }
-            }
-            _ => stable_since = Some((Instant::now(), snapshot)),
-        }
-        if Instant::now() > deadline {
-            bail!("{topic} not drained within {CONSUME_TIMEOUT:?}: ends {ends:?}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 #[test]
 fn repartition_by_event_id_dedupes_copies_that_arrive_under_other_keys() -> Result<()> {
@@ -101,7 +68,7 @@ fn repartition_by_event_id_dedupes_copies_that_arrive_under_other_keys() -> Resu
     let engine = EngineProcess::start(&config, &dir.path().join("a.log"))?;
     scenario.wait_until_consumed(CONSUME_TIMEOUT)?;
     let repartition_topic = format!("{}-payments-repartition", scenario.application_id);
-    let drained = wait_until_drained(&scenario, &repartition_topic);
+    let drained = scenario.wait_until_drained(&repartition_topic, CONSUME_TIMEOUT);
     let tail = engine.log_tail(60);
     drained.map_err(|error| error.context(tail.clone()))?;
     let status = engine.stop()?;

@@ -3,6 +3,7 @@
 use breadcrumb_schemas::{Envelope, RawRecord};
 use breadcrumb_state::PartitionStore;
 
+use crate::lineage::Span;
 use crate::Result;
 
 /// A state store an operator needs, declared before the engine opens RocksDB and creates the
@@ -145,6 +146,18 @@ pub trait Operator: Send {
             self.close_partition(first.partition());
         }
         self.open_partition(stores)
+    }
+
+    /// A span of the partition's trace side input (OTLP spans re-keyed by trace id next to the
+    /// business events). Only operators that join events to spans act on it; spans are never
+    /// output of their own, but may release events that waited for them.
+    fn process_span(
+        &mut self,
+        _span: &Span<'_>,
+        _stores: &mut [PartitionStore],
+        _out: &mut dyn Emitter,
+    ) -> Result<()> {
+        Ok(())
     }
 
     /// Processing time moved on (called about once per commit interval for every assigned

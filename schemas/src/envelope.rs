@@ -20,7 +20,31 @@ pub struct RawRecord<'a> {
     pub headers: &'a [HeaderRef<'a>],
 }
 
+/// Header on records breadcrumb publishes: the topic the record entered breadcrumb from.
+pub const SOURCE_TOPIC_HEADER: &str = "breadcrumb-source-topic";
+/// Header on records breadcrumb publishes: the partition the record entered breadcrumb from.
+pub const SOURCE_PARTITION_HEADER: &str = "breadcrumb-source-partition";
+/// Header on records breadcrumb publishes: the offset the record entered breadcrumb from.
+pub const SOURCE_OFFSET_HEADER: &str = "breadcrumb-source-offset";
+
 impl<'a> RawRecord<'a> {
+    /// Where the record entered breadcrumb: its `breadcrumb-source-*` headers when it comes
+    /// through an internal repartition topic (which sets them), else its own coordinates.
+    pub fn origin(&self) -> (&'a str, i32, i64) {
+        let source = (
+            self.header(SOURCE_TOPIC_HEADER)
+                .and_then(|topic| std::str::from_utf8(topic).ok()),
+            self.header(SOURCE_PARTITION_HEADER)
+                .and_then(|partition| std::str::from_utf8(partition).ok()?.parse().ok()),
+            self.header(SOURCE_OFFSET_HEADER)
+                .and_then(|offset| std::str::from_utf8(offset).ok()?.parse().ok()),
+        );
+        match source {
+            (Some(topic), Some(partition), Some(offset)) => (topic, partition, offset),
+            _ => (self.topic, self.partition, self.offset),
+        }
+    }
+
     /// The last value of header `name` (case-sensitive, as Kafka headers are), if present and
     /// non-null.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
@@ -149,5 +173,43 @@ impl FieldRef<'_> {
                 out.push(u8::from(*flag));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(headers: &'a [HeaderRef<'a>]) -> RawRecord<'a> {
+        RawRecord {
+            topic: "app-orders-repartition",
+            partition: 7,
+            offset: 99,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn origin_prefers_the_source_headers() {
+        let headers = [
+            (SOURCE_TOPIC_HEADER, Some(&b"orders"[..])),
+            (SOURCE_PARTITION_HEADER, Some(&b"2"[..])),
+            (SOURCE_OFFSET_HEADER, Some(&b"41"[..])),
+        ];
+        assert_eq!(record(&headers).origin(), ("orders", 2, 41));
+    }
+
+    #[test]
+    fn origin_falls_back_to_the_record_when_headers_are_missing_or_broken() {
+        assert_eq!(record(&[]).origin(), ("app-orders-repartition", 7, 99));
+        let broken = [
+            (SOURCE_TOPIC_HEADER, Some(&b"orders"[..])),
+            (SOURCE_PARTITION_HEADER, Some(&b"two"[..])),
+            (SOURCE_OFFSET_HEADER, Some(&b"41"[..])),
+        ];
+        assert_eq!(record(&broken).origin(), ("app-orders-repartition", 7, 99));
     }
 }

@@ -341,6 +341,60 @@ fn read_key_value(key_value: &[u8]) -> (&str, AttributeValue<'_>) {
     (key, value)
 }
 
+/// What lineage needs of a span beyond [`SpanRef`]: its id, its parent's and its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanIdentity<'a> {
+    pub span_id: [u8; 8],
+    /// `None` for a root span (an absent or empty `parent_span_id`).
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The span's `name` (its operation); empty when absent or not UTF-8.
+    pub name: &'a str,
+}
+
+/// Reads the identity fields of a span message (`content` of a [`SpanRef`] of a batch
+/// [`parse_request`] accepted). `None` when its span id is not 8 bytes, or its parent id is
+/// neither empty nor 8 bytes: such a span cannot be joined to anything.
+pub fn span_identity(span: &[u8]) -> Option<SpanIdentity<'_>> {
+    let mut span_id = None;
+    let mut parent_span_id = None;
+    let mut name = "";
+    let mut reader = WireReader::new(span);
+    while let Ok(Some((field, item))) = reader.next_field() {
+        match field {
+            2 => span_id = Some(<[u8; 8]>::try_from(item.bytes().ok()?).ok()?),
+            4 => {
+                let parent = item.bytes().ok()?;
+                parent_span_id = if parent.is_empty() {
+                    None
+                } else {
+                    Some(<[u8; 8]>::try_from(parent).ok()?)
+                };
+            }
+            5 => {
+                name = item
+                    .bytes()
+                    .ok()
+                    .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                    .unwrap_or("")
+            }
+            _ => {}
+        }
+    }
+    Some(SpanIdentity {
+        span_id: span_id?,
+        parent_span_id,
+        name,
+    })
+}
+
+/// The `service.name` attribute of a resource ([`ResourceRef::resource`]), if it is a string.
+pub fn service_name(resource: &[u8]) -> Option<&str> {
+    attributes(resource, RESOURCE_ATTRIBUTES).find_map(|(key, value)| match (key, value) {
+        ("service.name", AttributeValue::Str(name)) => Some(name),
+        _ => None,
+    })
+}
+
 /// Encodes an `ExportTraceServiceRequest` holding `spans` (indices into `batch.spans`, grouped
 /// so that spans of one scope are adjacent and scopes of one resource are adjacent, e.g. in
 /// batch order) with their resources and scopes, appending it to `out`. The result is a valid

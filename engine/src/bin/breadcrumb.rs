@@ -63,6 +63,9 @@ enum Command {
         /// Traces of the telemetry workload (errors, slow ones, health checks, plain ones).
         #[arg(long, default_value_t = 2_000)]
         traces: u64,
+        /// Commerce flows (order → payment → invoice, one trace each) of the lineage workload.
+        #[arg(long, default_value_t = 300)]
+        flows: u64,
     },
     /// Produce a synthetic payments workload (CloudEvents, structured mode) to a broker.
     Generate {
@@ -176,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shuffled_accounts_percent,
             sequence_gap_percent,
             traces,
+            flows,
         } => {
             init_logging(LogFormat::Text, "warn");
             println!("Starting an embedded Kafka broker and the breadcrumb pipelines...");
@@ -187,11 +191,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shuffled_accounts_percent,
                 sequence_gap_percent,
                 traces,
+                flows,
                 progress: std::io::stderr().is_terminal(),
             })?;
             println!("{}", summary.render());
             Ok(
-                if summary.conserved() && summary.output_exactly_once && summary.telemetry.ok() {
+                if summary.conserved()
+                    && summary.output_exactly_once
+                    && summary.telemetry.ok()
+                    && summary.lineage.ok()
+                {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::FAILURE

@@ -251,3 +251,78 @@ type = "always_sample"
         "{errors:?}"
     );
 }
+
+#[test]
+fn config_lineage_pipelines_repartition_by_trace_and_own_their_span_topics() {
+    let lineage = r#"
+application_id = "commerce"
+
+[kafka]
+"bootstrap.servers" = "localhost:9092"
+
+[pipelines.commerce]
+input_topics = ["orders"]
+span_topics = ["spans"]
+repartition_by = "trace_id"
+output_topic = "orders-enriched"
+
+[pipelines.commerce.decoder]
+format = "cloudevents"
+
+[pipelines.commerce.lineage]
+"#;
+    let config = EngineConfig::from_toml(lineage).unwrap();
+    let pipeline = &config.pipelines["commerce"];
+    assert_eq!(
+        pipeline.lineage_topic().as_deref(),
+        Some("orders-enriched-lineage")
+    );
+    assert_eq!(
+        crate::runtime::pipeline::declared_store_names_of("commerce", pipeline),
+        vec!["commerce-dedupe", "commerce-lineage"],
+        "dedupe, then lineage"
+    );
+
+    let by_event = lineage.replace(
+        "repartition_by = \"trace_id\"",
+        "repartition_by = \"event_id\"",
+    );
+    let Err(EngineError::Config(errors)) = EngineConfig::from_toml(&by_event) else {
+        panic!("lineage needs trace-id partitioning");
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("pipelines.commerce.repartition_by:"),
+        "{errors:?}"
+    );
+
+    let shared_spans = format!(
+        "{lineage}\n[pipelines.other]\ninput_topics = [\"spans\"]\noutput_topic = \"x\"\n[pipelines.other.decoder]\nformat = \"cloudevents\"\n"
+    );
+    let Err(EngineError::Config(errors)) = EngineConfig::from_toml(&shared_spans) else {
+        panic!("a span topic is read by one pipeline");
+    };
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.contains("`spans` is already read by pipeline")),
+        "{errors:?}"
+    );
+
+    let without_lineage = MINIMAL.replace(
+        "output_topic = \"payments-deduped\"",
+        "output_topic = \"payments-deduped\"\nspan_topics = [\"s\"]\nlineage_topic = \"l\"",
+    );
+    let Err(EngineError::Config(errors)) = EngineConfig::from_toml(&without_lineage) else {
+        panic!("span_topics and lineage_topic need lineage");
+    };
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.starts_with("pipelines.payments.span_topics:"))
+            && errors
+                .iter()
+                .any(|error| error.starts_with("pipelines.payments.lineage_topic:")),
+        "{errors:?}"
+    );
+}

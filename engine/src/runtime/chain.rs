@@ -6,6 +6,7 @@
 //! again for the next operator: decoding is deterministic, so the envelope is the one the first
 //! operator saw.
 
+use breadcrumb_operators::lineage::Span;
 use breadcrumb_operators::{Disposition, Emitter, Header, Operator, Port, Waiting};
 use breadcrumb_schemas::{DecodeErrorClass, Decoder, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::PartitionStore;
@@ -104,6 +105,20 @@ impl OperatorChain {
         Ok(())
     }
 
+    /// Hands a span of the partition's trace side input to every operator (those that do not
+    /// join spans ignore it). What they release goes on down the chain.
+    pub fn process_span(
+        &mut self,
+        span: &Span<'_>,
+        stores: &mut [PartitionStore],
+        decoder: &dyn Decoder,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        self.each_with_link(stores, decoder, sink, |operator, own, link| {
+            operator.process_span(span, own, link)
+        })
+    }
+
     /// Lets every operator act on processing time.
     pub fn on_processing_time(
         &mut self,
@@ -111,6 +126,25 @@ impl OperatorChain {
         now_ms: i64,
         decoder: &dyn Decoder,
         sink: &mut dyn Sink,
+    ) -> Result<()> {
+        self.each_with_link(stores, decoder, sink, |operator, own, link| {
+            operator.on_processing_time(own, now_ms, link)
+        })
+    }
+
+    /// Calls `hook` on every operator in chain order with its stores and an emitter whose main
+    /// output goes on to the operators after it. Nothing is being processed: an operator may
+    /// only emit records it holds or generates.
+    fn each_with_link(
+        &mut self,
+        stores: &mut [PartitionStore],
+        decoder: &dyn Decoder,
+        sink: &mut dyn Sink,
+        mut hook: impl FnMut(
+            &mut dyn Operator,
+            &mut [PartitionStore],
+            &mut dyn Emitter,
+        ) -> breadcrumb_operators::Result<()>,
     ) -> Result<()> {
         let mut stores = stores;
         for index in 0..self.operators.len() {
@@ -130,7 +164,7 @@ impl OperatorChain {
                     sink: &mut *sink,
                     error: &mut error,
                 };
-                operator.on_processing_time(own, now_ms, &mut link)?;
+                hook(operator.as_mut(), own, &mut link)?;
             }
             if let Some(error) = error {
                 return Err(error);

@@ -11,6 +11,7 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::{ClientContext, Statistics};
 
 use super::core::Core;
+use super::edges::COPY_TAG;
 
 /// The consumer's context owns the processing core, because rebalance callbacks run inside
 /// `poll` and must commit or abort the open transaction and restore state before partitions move.
@@ -62,12 +63,20 @@ pub struct DeliveryContext {
     changelog_offsets: Mutex<HashMap<(usize, i32), i64>>,
     /// Set when any delivery failed; the transaction must then not commit.
     failed: AtomicBool,
+    /// Where each lineage-tracked copy of the open transaction landed, by copy index
+    /// (`edges::COPY_TAG`).
+    copies: Mutex<Vec<Option<(i32, i64)>>>,
 }
 
 impl DeliveryContext {
     /// Takes the highest delivered changelog offsets.
     pub fn take_changelog_offsets(&self) -> HashMap<(usize, i32), i64> {
         std::mem::take(&mut *self.changelog_offsets.lock().expect("lock poisoned"))
+    }
+
+    /// Where the open transaction's tracked copies landed, by copy index.
+    pub fn take_copies(&self) -> Vec<Option<(i32, i64)>> {
+        std::mem::take(&mut *self.copies.lock().expect("lock poisoned"))
     }
 
     /// Whether a delivery failed since the last reset; resets the flag.
@@ -84,7 +93,14 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, tag: DeliveryTag) {
         match result {
             Ok(message) => {
-                if tag > 0 {
+                if tag & COPY_TAG != 0 {
+                    let index = tag & !COPY_TAG;
+                    let mut copies = self.copies.lock().expect("lock poisoned");
+                    if copies.len() <= index {
+                        copies.resize(index + 1, None);
+                    }
+                    copies[index] = Some((message.partition(), message.offset()));
+                } else if tag > 0 {
                     let mut offsets = self.changelog_offsets.lock().expect("lock poisoned");
                     let entry = offsets
                         .entry((tag - 1, message.partition()))

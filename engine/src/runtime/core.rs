@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use breadcrumb_operators::lineage::Span;
 use breadcrumb_operators::{Header as OperatorHeader, Port};
 use breadcrumb_schemas::encode::AvroRecordEncoder;
+use breadcrumb_schemas::otlp::{parse_request, service_name, span_identity, Batch};
 use breadcrumb_schemas::{DecodeErrorClass, Decoder, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::format::encode_input_offset;
 use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
@@ -20,6 +22,7 @@ use smallvec::SmallVec;
 
 use super::chain::{Sink, MAX_OPERATORS};
 use super::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
+use super::edges::{fill_copy, CopyCoordinates, EdgeBuffer};
 use super::pipeline::{
     dead_letter_reason_index, decode_reason, port_index, repartition_key, Pipeline, Route, Stage,
     DEAD_LETTER_REASONS,
@@ -139,6 +142,11 @@ pub struct Core {
     trace_splitter: TraceSplitter,
     /// Decodes records released from state for their output id.
     released_envelope: Envelope,
+    /// Lineage edges of the open transaction, waiting for their copies' coordinates.
+    lineage_edges: EdgeBuffer,
+    /// Reused: the span record being handed to lineage, and an edge record being completed.
+    span_batch: Batch,
+    edge_value: Vec<u8>,
     metrics: Metrics,
     health: Arc<Health>,
     /// An error raised inside a rebalance callback, for the loop to act on.
@@ -246,6 +254,9 @@ impl Core {
             envelope: Envelope::default(),
             trace_splitter: TraceSplitter::default(),
             released_envelope: Envelope::default(),
+            lineage_edges: EdgeBuffer::default(),
+            span_batch: Batch::default(),
+            edge_value: Vec::new(),
             metrics,
             health,
             fatal: None,
@@ -364,6 +375,8 @@ impl Core {
             dead_letter_topic,
             trace_splitter,
             panic_on_id,
+            lineage_edges,
+            span_batch,
             ..
         } = self;
         let position = positions
@@ -429,6 +442,47 @@ impl Core {
             )?;
         } else {
             match route.stage {
+                Stage::Repartition { pipeline: index } if route.spans => {
+                    // Lineage's span side input: split per trace, never decoded as an event.
+                    let pipeline = &pipelines[index];
+                    let (_, topic) = pipeline
+                        .repartition
+                        .as_ref()
+                        .expect("a lineage pipeline repartitions");
+                    let split =
+                        trace_splitter.split(record.value.unwrap_or_default(), |key, part| {
+                            send_record(
+                                producer,
+                                topic,
+                                &RawRecord {
+                                    value: Some(part),
+                                    ..record
+                                },
+                                Some(key),
+                                &[(headers::RECORD_KIND, headers::KIND_SPANS)],
+                                add_source_headers,
+                                transaction_header,
+                            )
+                        });
+                    match split {
+                        Ok(()) => ledger.side_input += 1,
+                        Err(SplitError::Emit(error)) => return Err(error.into()),
+                        Err(SplitError::Batch(error)) => DeadLetters::new(
+                            producer,
+                            dead_letter_topic,
+                            pipeline,
+                            transaction_header,
+                            add_source_headers,
+                        )
+                        .send(
+                            &record,
+                            "invalid_protobuf",
+                            error.message(),
+                            &mut pipeline_counts[index],
+                            ledger,
+                        )?,
+                    }
+                }
                 Stage::Repartition { pipeline: index } => {
                     let pipeline = &mut pipelines[index];
                     let counts = &mut pipeline_counts[index];
@@ -490,7 +544,13 @@ impl Core {
                                 .repartition
                                 .as_ref()
                                 .expect("repartition stage has a repartition topic");
-                            match repartition_key(*key_kind, envelope) {
+                            // Lineage gives an event without a trace a `no_trace_context` edge:
+                            // any partition will do, its id spreads them.
+                            let key = repartition_key(*key_kind, envelope).or_else(|| {
+                                (pipeline.joins_lineage && !envelope.id.is_empty())
+                                    .then(|| envelope.id.as_bytes().to_vec())
+                            });
+                            match key {
                                 None => dead_letters.send(
                                     &record,
                                     "missing_field",
@@ -510,6 +570,95 @@ impl Core {
                                         transaction_header,
                                     )?
                                 }
+                            }
+                        }
+                    }
+                }
+                Stage::Stateful { pipeline: index }
+                    if route.internal
+                        && pipelines[index].joins_lineage
+                        && is_span_record(&record) =>
+                {
+                    let pipeline = &mut pipelines[index];
+                    let counts = &mut pipeline_counts[index];
+                    let value = record.value.unwrap_or_default();
+                    // Split parts were checked when split; a part that does not read now was
+                    // not written by breadcrumb, and is refused whole before any span counts.
+                    let readable = parse_request(value, span_batch).is_ok()
+                        && span_batch
+                            .spans
+                            .iter()
+                            .all(|span| span_identity(&value[span.content.clone()]).is_some());
+                    if !readable {
+                        DeadLetters::new(
+                            producer,
+                            dead_letter_topic,
+                            pipeline,
+                            transaction_header,
+                            add_source_headers,
+                        )
+                        .send(
+                            &record,
+                            "invalid_protobuf",
+                            "a span record that is not an OTLP request of joinable spans",
+                            counts,
+                            ledger,
+                        )?;
+                    } else {
+                        let task = tasks.get_mut(&(index, partition)).ok_or_else(|| {
+                            EngineError::Fatal(format!(
+                                "record of {} partition {partition} before its state was opened",
+                                record.topic
+                            ))
+                        })?;
+                        task.touched = true;
+                        task.last_offset = offset;
+                        ledger.side_input += 1;
+                        let mut publisher = Publisher {
+                            producer,
+                            transaction: transaction_header,
+                            port_topics: &pipeline.port_topics,
+                            port_encoders: &pipeline.port_encoders,
+                            last_operator: pipeline.chain.len() - 1,
+                            dead_letter_topic,
+                            pipeline: &pipeline.name,
+                            pipeline_index: index,
+                            tracks_copies: pipeline.joins_lineage,
+                            withhold_payload: pipeline.withhold_dead_letter_payload,
+                            add_source_headers,
+                            counts,
+                            ledger,
+                            decoder: pipeline.decoder.as_ref(),
+                            released_envelope,
+                            edges: lineage_edges,
+                            error: None,
+                        };
+                        for span_ref in &span_batch.spans {
+                            let identity = span_identity(&value[span_ref.content.clone()])
+                                .expect("checked above");
+                            let resource = span_batch.scopes[span_ref.scope as usize].resource;
+                            let service = span_batch.resources[resource as usize]
+                                .resource
+                                .clone()
+                                .and_then(|range| service_name(&value[range]))
+                                .unwrap_or_default();
+                            let span = Span {
+                                trace_id: span_ref.trace_id,
+                                span_id: identity.span_id,
+                                parent_span_id: identity.parent_span_id,
+                                service,
+                                operation: identity.name,
+                                start_time_ms: (span_ref.start_time_unix_nano / 1_000_000) as i64,
+                                end_time_ms: (span_ref.end_time_unix_nano / 1_000_000) as i64,
+                            };
+                            pipeline.chain.process_span(
+                                &span,
+                                &mut task.stores,
+                                pipeline.decoder.as_ref(),
+                                &mut publisher,
+                            )?;
+                            if let Some(error) = publisher.error.take() {
+                                return Err(error.into());
                             }
                         }
                     }
@@ -552,12 +701,15 @@ impl Core {
                             last_operator: pipeline.chain.len() - 1,
                             dead_letter_topic,
                             pipeline: &pipeline.name,
+                            pipeline_index: index,
+                            tracks_copies: pipeline.joins_lineage,
                             withhold_payload: pipeline.withhold_dead_letter_payload,
                             add_source_headers,
                             counts,
                             ledger,
                             decoder: pipeline.decoder.as_ref(),
                             released_envelope,
+                            edges: lineage_edges,
                             error: None,
                         };
                         pipeline.chain.process(
@@ -634,6 +786,7 @@ impl Core {
                 pipeline_counts,
                 released_envelope,
                 dead_letter_topic,
+                lineage_edges,
                 ..
             } = self;
             let ledger = &mut positions
@@ -653,12 +806,15 @@ impl Core {
                 last_operator: pipeline.chain.len() - 1,
                 dead_letter_topic,
                 pipeline: &pipeline.name,
+                pipeline_index: index,
+                tracks_copies: pipeline.joins_lineage,
                 withhold_payload: pipeline.withhold_dead_letter_payload,
                 add_source_headers,
                 counts: &mut pipeline_counts[index],
                 ledger,
                 decoder: pipeline.decoder.as_ref(),
                 released_envelope,
+                edges: lineage_edges,
                 error: None,
             };
             pipeline.chain.on_processing_time(
@@ -697,7 +853,11 @@ impl Core {
         if self.membership_in_doubt(consumer) {
             return self.abort_in_doubt(consumer);
         }
-        if let Err(error) = self.write_changelogs().and_then(|()| self.write_ledger()) {
+        if let Err(error) = self
+            .publish_lineage_edges()
+            .and_then(|()| self.write_changelogs())
+            .and_then(|()| self.write_ledger())
+        {
             return match error {
                 EngineError::Kafka(kafka) => self.recover(consumer, kafka),
                 other => Err(other),
@@ -806,6 +966,71 @@ impl Core {
             "the process was stopped longer than half the session timeout; rejoining the group"
                 .to_owned(),
         ))
+    }
+
+    /// Sends the open transaction's lineage edges, each naming where its event's copy landed:
+    /// the producer is flushed first (inside the transaction, so nothing is visible yet), which
+    /// makes every copy's delivery report known.
+    fn publish_lineage_edges(&mut self) -> Result<()> {
+        if self.lineage_edges.is_empty() {
+            return Ok(());
+        }
+        self.producer.flush(KAFKA_CALL_TIMEOUT)?;
+        if self.producer.context().take_failed() {
+            return Err(EngineError::Kafka(KafkaError::MessageProduction(
+                RDKafkaErrorCode::Fail,
+            )));
+        }
+        let copies = self.producer.context().take_copies();
+        let mut avro = Vec::new();
+        for (edge, key, json) in self.lineage_edges.iter() {
+            let pipeline = &self.pipelines[edge.pipeline];
+            let (Some(output), Some(topic)) = (
+                &pipeline.port_topics[Port::Main.index()],
+                &pipeline.port_topics[Port::Lineage.index()],
+            ) else {
+                continue;
+            };
+            let copy = copies
+                .get(edge.copy)
+                .copied()
+                .flatten()
+                .map(|(partition, offset)| CopyCoordinates {
+                    topic: output,
+                    partition,
+                    offset,
+                });
+            fill_copy(json, copy, &mut self.edge_value);
+            let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
+                key: headers::TRANSACTION,
+                value: Some(&self.transaction_header[..]),
+            });
+            let payload = match &pipeline.port_encoders[Port::Lineage.index()] {
+                Some(encoder) => match encoder.encode_json(&self.edge_value, &mut avro) {
+                    Ok(()) => &avro[..],
+                    Err(problem) => {
+                        tracing::warn!(%problem, topic, "A lineage edge does not fit its Avro schema; sent as JSON.");
+                        headers = headers.insert(Header {
+                            key: headers::ENCODING_FALLBACK,
+                            value: Some(&b"json"[..]),
+                        });
+                        &self.edge_value[..]
+                    }
+                },
+                None => &self.edge_value[..],
+            };
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(topic, 0)
+                    .key(key)
+                    .payload(payload)
+                    .headers(headers);
+            if let Some(timestamp) = edge.timestamp_ms {
+                record = record.timestamp(timestamp);
+            }
+            send_with_backpressure(&self.producer, record)?;
+        }
+        self.lineage_edges.clear();
+        Ok(())
     }
 
     /// Writes the operators' checkpoints and every dirty store entry to the changelogs.
@@ -1045,6 +1270,8 @@ impl Core {
         }
         self.producer.context().take_changelog_offsets();
         self.producer.context().take_failed();
+        self.producer.context().take_copies();
+        self.lineage_edges.clear();
         for ((route, partition), position) in self.positions.iter_mut() {
             position.ledger = LedgerCounts::default();
             if let Some(first) = position.first_in_transaction.take() {
@@ -1270,6 +1497,9 @@ struct Publisher<'a> {
     last_operator: usize,
     dead_letter_topic: &'a str,
     pipeline: &'a str,
+    pipeline_index: usize,
+    /// Main output is lineage's copies: their delivery reports are tracked for the edges.
+    tracks_copies: bool,
     /// Dead letters carry coordinates only (the pipeline rewrites personal data).
     withhold_payload: bool,
     add_source_headers: bool,
@@ -1277,6 +1507,7 @@ struct Publisher<'a> {
     ledger: &'a mut LedgerCounts,
     decoder: &'a dyn Decoder,
     released_envelope: &'a mut Envelope,
+    edges: &'a mut EdgeBuffer,
     error: Option<KafkaError>,
 }
 
@@ -1317,6 +1548,21 @@ impl Sink for Publisher<'_> {
         if self.error.is_some() {
             return;
         }
+        if port == Port::Lineage {
+            // Sent at commit, once the copy it describes has landed.
+            self.edges.hold(
+                self.pipeline_index,
+                record.key.unwrap_or_default(),
+                record.value.unwrap_or_default(),
+                record.timestamp_ms,
+            );
+            return;
+        }
+        let tag = if port == Port::Main && self.tracks_copies {
+            self.edges.next_copy_tag()
+        } else {
+            0
+        };
         let mut pairs: SmallVec<[(&str, &[u8]); 4]> = SmallVec::new();
         for header in extra {
             pairs.push((header.name, header.value));
@@ -1343,7 +1589,7 @@ impl Sink for Publisher<'_> {
             },
             None => record,
         };
-        if let Err(error) = send_record(
+        if let Err(error) = send_tagged_record(
             self.producer,
             topic,
             record,
@@ -1351,6 +1597,7 @@ impl Sink for Publisher<'_> {
             &pairs,
             self.add_source_headers,
             self.transaction,
+            tag,
         ) {
             self.error = Some(error);
         }
@@ -1384,6 +1631,30 @@ fn send_record(
     add_source_headers: bool,
     transaction: &[u8],
 ) -> std::result::Result<(), KafkaError> {
+    send_tagged_record(
+        producer,
+        topic,
+        record,
+        key_override,
+        extra,
+        add_source_headers,
+        transaction,
+        0,
+    )
+}
+
+/// [`send_record`] with a delivery tag (a lineage copy's, see [`super::edges`]).
+#[allow(clippy::too_many_arguments)] // send_record's arguments plus the tag; called twice.
+fn send_tagged_record(
+    producer: &TransactionalProducer,
+    topic: &str,
+    record: &RawRecord<'_>,
+    key_override: Option<&[u8]>,
+    extra: &[(&str, &[u8])],
+    add_source_headers: bool,
+    transaction: &[u8],
+    tag: usize,
+) -> std::result::Result<(), KafkaError> {
     let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + extra.len() + 4);
     for (key, value) in record.headers {
         headers = headers.insert(Header { key, value: *value });
@@ -1416,7 +1687,7 @@ fn send_record(
         value: Some(transaction),
     });
     let mut base: BaseRecord<'_, [u8], [u8], usize> =
-        BaseRecord::with_opaque_to(topic, 0).headers(headers);
+        BaseRecord::with_opaque_to(topic, tag).headers(headers);
     // Outputs keep the input's timestamp, as Kafka Streams does: event time stays event time,
     // and end-to-end latency stays measurable downstream.
     if let Some(timestamp) = record.timestamp_ms {
@@ -1525,6 +1796,14 @@ where
             Err((error, _)) => return Err(error),
         }
     }
+}
+
+/// Whether a record of a lineage pipeline's repartition topic is a span part, not an event.
+fn is_span_record(record: &RawRecord<'_>) -> bool {
+    record
+        .headers
+        .iter()
+        .any(|(name, value)| *name == headers::RECORD_KIND && *value == Some(headers::KIND_SPANS))
 }
 
 /// Events every operator of the pipeline holds for `partition`.

@@ -10,6 +10,7 @@
 mod chain;
 pub mod context;
 mod core;
+mod edges;
 pub mod pipeline;
 mod quarantine;
 pub mod restore;
@@ -100,14 +101,20 @@ pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
     let inputs: Vec<String> = config
         .pipelines
         .values()
-        .flat_map(|pipeline| pipeline.input_topics.clone())
+        .flat_map(|pipeline| {
+            pipeline
+                .input_topics
+                .iter()
+                .chain(&pipeline.span_topics)
+                .cloned()
+        })
         .collect();
     let counts = topics::partition_counts(&base_client_config(config), &inputs)?;
     let mut specs = Vec::new();
     let mut max_partitions = 1;
     for (name, pipeline) in &config.pipelines {
         let mut partitions = None;
-        for topic in &pipeline.input_topics {
+        for topic in pipeline.input_topics.iter().chain(&pipeline.span_topics) {
             let count = *counts.get(topic).ok_or_else(|| EngineError::Topic {
                 topic: topic.clone(),
                 reason: format!("input of pipeline `{name}` does not exist"),
@@ -135,6 +142,7 @@ pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
             pipeline.late_topic(),
             pipeline.gaps_topic(),
             pipeline.decisions_topic(),
+            pipeline.lineage_topic(),
         ]
         .into_iter()
         .flatten()

@@ -4,13 +4,14 @@
 use breadcrumb_operators::dedupe::Dedupe;
 use std::sync::Arc;
 
+use breadcrumb_operators::lineage::{Lineage, LineageMetrics};
 use breadcrumb_operators::ordering::{Ordering, OrderingMetrics};
 use breadcrumb_operators::pii::Pii;
 use breadcrumb_operators::sampling::{NoLineage, OtlpEncoding, Sampling, SamplingMetrics};
 use breadcrumb_operators::{Operator, Port};
 use breadcrumb_schemas::decode::avro::HttpRegistry;
 use breadcrumb_schemas::encode::{
-    AvroRecordEncoder, ORDERING_GAP_SCHEMA, SAMPLING_DECISION_SCHEMA,
+    AvroRecordEncoder, LINEAGE_EDGE_SCHEMA, ORDERING_GAP_SCHEMA, SAMPLING_DECISION_SCHEMA,
 };
 use breadcrumb_schemas::{build_decoder, DecodeErrorClass, Decoder, DecoderConfig, Envelope};
 use breadcrumb_state::{StateBackend, StoreId};
@@ -72,6 +73,9 @@ pub struct Route {
     /// Whether records arrive from breadcrumb's own repartition topic (and already carry source
     /// headers).
     pub internal: bool,
+    /// Records are OTLP trace batches feeding lineage as side input (`span_topics`), not
+    /// business events: split per trace into the repartition topic, never decoded as events.
+    pub spans: bool,
     /// Input counter of this topic, resolved once.
     pub events_in: IntCounter,
 }
@@ -97,6 +101,10 @@ pub struct Pipeline {
     /// Dead letters keep only their coordinates and reason: set when the pipeline rewrites
     /// personal data, which it cannot do for a record it could not read.
     pub withhold_dead_letter_payload: bool,
+    /// The chain ends with the lineage operator: events without a trace are re-keyed by their
+    /// id (lineage gives them a `no_trace_context` edge), and main output is tracked so edge
+    /// records can name where each event's copy landed.
+    pub joins_lineage: bool,
     pub decoder: Box<dyn Decoder>,
     pub chain: OperatorChain,
     /// Stores of the chain's operators, in chain and declaration order, with their changelog
@@ -125,6 +133,7 @@ enum OperatorKind {
     Dedupe,
     Ordering,
     Sampling,
+    Lineage,
 }
 
 /// The operators of a pipeline, in chain order. `metrics` is absent when only the declared
@@ -186,6 +195,17 @@ fn build_operators(
             Box::new(Ordering::new(name, ordering.clone(), ordering_metrics)),
         ));
     }
+    // Last, so it joins what dedupe let through, in the order ordering restored.
+    if let Some(lineage) = &pipeline.lineage {
+        let lineage_metrics = match metrics {
+            Some(metrics) => metrics.lineage.resolve(name),
+            None => LineageMetrics::unregistered(),
+        };
+        operators.push((
+            OperatorKind::Lineage,
+            Box::new(Lineage::new(name, lineage.clone(), lineage_metrics)),
+        ));
+    }
     Ok(operators)
 }
 
@@ -217,6 +237,11 @@ fn port_counters(
                 }
                 // Decisions are counted by the operator itself, by policy.
                 OperatorKind::Sampling => {}
+                // A second copy of an event it still holds; edges are counted by the operator.
+                OperatorKind::Lineage => {
+                    counters[Port::Duplicates.index()] =
+                        Some(metrics.duplicates.with_label_values(&[name]));
+                }
             }
             counters
         })
@@ -275,7 +300,8 @@ pub fn compile(
                     metrics.sampling_pending_traces.with_label_values(&[name]),
                     metrics.sampling_buffered_bytes.with_label_values(&[name]),
                 )),
-                OperatorKind::Pii | OperatorKind::Dedupe => None,
+                // Lineage publishes its window state itself, at each checkpoint.
+                OperatorKind::Pii | OperatorKind::Dedupe | OperatorKind::Lineage => None,
             });
         let mut stores = Vec::new();
         for declaration in operators.iter().flat_map(|(_, operator)| operator.stores()) {
@@ -300,6 +326,16 @@ pub fn compile(
                     Stage::Stateful { pipeline: index }
                 },
                 internal: false,
+                spans: false,
+                events_in: metrics.events_in.with_label_values(&[name, topic]),
+            });
+        }
+        for topic in &pipeline_config.span_topics {
+            routes.push(Route {
+                topic: topic.clone(),
+                stage: Stage::Repartition { pipeline: index },
+                internal: false,
+                spans: true,
                 events_in: metrics.events_in.with_label_values(&[name, topic]),
             });
         }
@@ -308,6 +344,7 @@ pub fn compile(
                 topic: topic.clone(),
                 stage: Stage::Stateful { pipeline: index },
                 internal: true,
+                spans: false,
                 // Records of the repartition topic were counted when they entered the pipeline.
                 events_in: IntCounter::new("unregistered_internal_in", "internal")
                     .expect("valid metric"),
@@ -318,6 +355,7 @@ pub fn compile(
             name: name.clone(),
             withhold_dead_letter_payload: pipeline_config.pii.is_some(),
             splits_traces: pipeline_config.sampling.is_some() && repartition.is_some(),
+            joins_lineage: pipeline_config.lineage.is_some(),
             decoder: build_decoder(&pipeline_config.decoder).map_err(|error| {
                 EngineError::Config(vec![format!("pipelines.{name}.decoder.{error}")])
             })?,
@@ -352,8 +390,7 @@ pub fn compile(
                 pipeline_config.late_topic(),
                 pipeline_config.gaps_topic(),
                 pipeline_config.decisions_topic(),
-                // The lineage operator is not wired into pipelines yet.
-                None,
+                pipeline_config.lineage_topic(),
             ],
             repartition,
             state_topic,
@@ -387,6 +424,7 @@ fn generated_record_encoders(
             pipeline.decisions_topic(),
             SAMPLING_DECISION_SCHEMA,
         ),
+        (Port::Lineage, pipeline.lineage_topic(), LINEAGE_EDGE_SCHEMA),
     ] {
         let Some(topic) = topic else {
             continue;

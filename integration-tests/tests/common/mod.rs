@@ -50,6 +50,8 @@ pub struct Scenario {
     pub dead_letter_topic: String,
     pub commit_interval_ms: u64,
     pub repartition_by: Option<&'static str>,
+    /// More keys of the pipeline's own table (`span_topics = [...]`), before its sub-tables.
+    pub pipeline_keys: String,
     /// The body of `[pipelines.payments.decoder]` (its keys, then any sub-tables).
     pub decoder_toml: String,
     /// Serve `/metrics` on this loopback port; `None`: no HTTP endpoint.
@@ -79,6 +81,7 @@ impl Scenario {
             application_id,
             commit_interval_ms: 100,
             repartition_by: None,
+            pipeline_keys: String::new(),
             decoder_toml: "format = \"cloudevents\"".to_owned(),
             kafka_toml: String::new(),
             http_port: None,
@@ -127,11 +130,13 @@ input_topics = ["{input}"]
 output_topic = "{output}"
 duplicates_topic = "{duplicates}"
 {repartition}
+{pipeline_keys}
 [pipelines.payments.decoder]
 {decoder}
 {extra}
 "#,
             decoder = self.decoder_toml,
+            pipeline_keys = self.pipeline_keys,
             kafka_extra = self.kafka_toml,
             http = match self.http_port {
                 Some(port) => format!("enabled = true\nlisten_address = \"127.0.0.1:{port}\""),
@@ -177,25 +182,65 @@ duplicates_topic = "{duplicates}"
 
     /// Waits until the group has committed every input record (offsets at the high watermarks).
     pub fn wait_until_consumed(&self, timeout: Duration) -> Result<()> {
+        self.wait_until_topics_consumed(&[&self.input_topic], timeout)
+    }
+
+    /// Waits until the group has committed every record of `topics`, one after the other (a
+    /// repartition topic after the inputs that feed it).
+    pub fn wait_until_topics_consumed(&self, topics: &[&str], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        loop {
-            let ends = watermarks(&self.bootstrap, &self.input_topic)?;
-            let committed =
-                committed_offsets(&self.bootstrap, &self.application_id, &self.input_topic)
+        for topic in topics {
+            loop {
+                let ends = watermarks(&self.bootstrap, topic)?;
+                let committed = committed_offsets(&self.bootstrap, &self.application_id, topic)
                     .unwrap_or_default();
-            let done = ends.iter().all(|(partition, (_, high))| {
+                let done = ends.iter().all(|(partition, (_, high))| {
+                    *high == 0
+                        || committed
+                            .get(partition)
+                            .is_some_and(|offset| offset >= high)
+                });
+                if done {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{topic} not consumed within {timeout:?}: ends {ends:?}, committed {committed:?}"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the group's committed offsets on `topic` stop moving at the topic's end. A
+    /// transactional topic (a repartition topic) ends with commit markers, so "at the end"
+    /// allows the marker's offset.
+    pub fn wait_until_drained(&self, topic: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut stable_since: Option<(Instant, Vec<(i32, i64)>)> = None;
+        loop {
+            let ends = watermarks(&self.bootstrap, topic)?;
+            let committed =
+                committed_offsets(&self.bootstrap, &self.application_id, topic).unwrap_or_default();
+            let at_end = ends.iter().all(|(partition, (_, high))| {
                 *high == 0
                     || committed
                         .get(partition)
-                        .is_some_and(|offset| offset >= high)
+                        .is_some_and(|offset| *offset >= high - 1)
             });
-            if done {
-                return Ok(());
+            let snapshot: Vec<(i32, i64)> = committed.into_iter().collect();
+            match &stable_since {
+                Some((since, seen)) if at_end && *seen == snapshot => {
+                    if since.elapsed() > Duration::from_millis(1_500) {
+                        return Ok(());
+                    }
+                }
+                _ => stable_since = Some((Instant::now(), snapshot)),
             }
             if Instant::now() > deadline {
-                bail!(
-                    "input not consumed within {timeout:?}: ends {ends:?}, committed {committed:?}"
-                );
+                bail!("{topic} not drained within {timeout:?}: ends {ends:?}");
             }
             std::thread::sleep(Duration::from_millis(250));
         }

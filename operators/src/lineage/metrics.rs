@@ -34,24 +34,22 @@ pub struct LineageMetrics {
 impl LineageMetrics {
     /// Registers the operator's metric families in `registry` and resolves `pipeline`'s handles.
     pub fn register(registry: &Registry, pipeline: &str) -> prometheus::Result<Self> {
-        let families = Families::new()?;
-        registry.register(Box::new(families.edges.clone()))?;
-        registry.register(Box::new(families.orphans.clone()))?;
-        registry.register(Box::new(families.evicted.clone()))?;
-        registry.register(Box::new(families.wait.clone()))?;
-        registry.register(Box::new(families.state.clone()))?;
-        Ok(families.resolve(pipeline))
+        Ok(LineageMetricFamilies::register(registry)?.resolve(pipeline))
     }
 
     /// Metrics registered nowhere, for tests and benches.
     pub fn unregistered() -> Self {
-        Families::new()
+        LineageMetricFamilies::new()
             .expect("static metric options are valid")
             .resolve("test")
     }
 }
 
-struct Families {
+/// The operator's metric families, registered once per registry; each pipeline resolves its
+/// handles from them (an engine rebuilds its pipelines after a client restart, and a registry
+/// refuses a family twice).
+#[derive(Clone)]
+pub struct LineageMetricFamilies {
     edges: IntCounterVec,
     orphans: IntCounterVec,
     evicted: IntCounterVec,
@@ -59,7 +57,18 @@ struct Families {
     state: IntGaugeVec,
 }
 
-impl Families {
+impl LineageMetricFamilies {
+    /// Creates the families and registers them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let families = Self::new()?;
+        registry.register(Box::new(families.edges.clone()))?;
+        registry.register(Box::new(families.orphans.clone()))?;
+        registry.register(Box::new(families.evicted.clone()))?;
+        registry.register(Box::new(families.wait.clone()))?;
+        registry.register(Box::new(families.state.clone()))?;
+        Ok(families)
+    }
+
     fn new() -> prometheus::Result<Self> {
         Ok(Self {
             edges: IntCounterVec::new(
@@ -101,7 +110,8 @@ impl Families {
         })
     }
 
-    fn resolve(&self, pipeline: &str) -> LineageMetrics {
+    /// `pipeline`'s handles.
+    pub fn resolve(&self, pipeline: &str) -> LineageMetrics {
         LineageMetrics {
             edges: [EdgeKind::Span, EdgeKind::Parent]
                 .map(|kind| self.edges.with_label_values(&[pipeline, kind.as_str()])),

@@ -72,7 +72,7 @@ pub use config::LineageConfig;
 pub use format::{
     EdgeKind, Node, OrphanReason, ParentSide, PendingHeader, Resolution, SpanSide, StoredSpan,
 };
-pub use metrics::LineageMetrics;
+pub use metrics::{LineageMetricFamilies, LineageMetrics};
 pub use operator::{
     Lineage, LineageEntry, Span, LINEAGE_PARENT_EVENT_HEADER, LINEAGE_REPEAT_HEADER,
     LINEAGE_ROOT_SERVICE_HEADER, LINEAGE_SERVICE_HEADER, LINEAGE_TRACE_ID_HEADER,

@@ -758,6 +758,15 @@ impl Operator for Lineage {
         &self.shared.name
     }
 
+    fn process_span(
+        &mut self,
+        span: &Span<'_>,
+        stores: &mut [PartitionStore],
+        out: &mut dyn Emitter,
+    ) -> Result<()> {
+        Lineage::process_span(self, span, stores, out)
+    }
+
     fn stores(&self) -> Vec<StoreDeclaration> {
         vec![StoreDeclaration {
             name: self.store_name.clone(),
@@ -1075,10 +1084,12 @@ impl Operator for Lineage {
     }
 }
 
+/// Where the event entered breadcrumb (behind the repartition topic, its source headers).
 fn source_of<'a>(record: &RawRecord<'a>) -> Source<'a> {
+    let (topic, partition, offset) = record.origin();
     Source {
-        topic: record.topic,
-        partition: record.partition,
-        offset: record.offset,
+        topic,
+        partition,
+        offset,
     }
 }

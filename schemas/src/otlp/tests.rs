@@ -245,3 +245,67 @@ proptest! {
         let _ = json::to_protobuf(&value, &mut out);
     }
 }
+
+#[test]
+fn span_identity_and_service_name_are_read_from_the_batch() {
+    let mut value = Vec::new();
+    encode_request(
+        &[
+            ResourceSpans {
+                resource: vec![
+                    ("host".into(), Value::Str("h1".into())),
+                    ("service.name".into(), Value::Str("payments".into())),
+                ],
+                scope_name: "a".into(),
+                spans: vec![span(1, 1, None, 0), span(1, 2, Some(1), 0)],
+            },
+            ResourceSpans {
+                resource: vec![("service.name".into(), Value::Int(3))],
+                scope_name: "b".into(),
+                spans: vec![span(1, 3, Some(2), 0)],
+            },
+        ],
+        &mut value,
+    );
+    let mut batch = Batch::default();
+    parse_request(&value, &mut batch).unwrap();
+    let identities: Vec<_> = batch
+        .spans
+        .iter()
+        .map(|span| span_identity(&value[span.content.clone()]).unwrap())
+        .collect();
+    assert_eq!(identities[0].span_id, [1; 8]);
+    assert_eq!(identities[0].parent_span_id, None);
+    assert_eq!(identities[0].name, "span-1");
+    assert_eq!(identities[1].parent_span_id, Some([1; 8]));
+    assert_eq!(identities[2].parent_span_id, Some([2; 8]));
+    let services: Vec<_> = batch
+        .resources
+        .iter()
+        .map(|resource| service_name(&value[resource.resource.clone().unwrap()]))
+        .collect();
+    // A `service.name` that is not a string is no service name.
+    assert_eq!(services, vec![Some("payments"), None]);
+}
+
+#[test]
+fn span_identity_refuses_ids_of_the_wrong_length() {
+    let mut message = Vec::new();
+    wire::put_bytes_field(&mut message, 2, &[1, 2, 3]);
+    assert_eq!(span_identity(&message), None);
+    message.clear();
+    wire::put_bytes_field(&mut message, 2, &[1; 8]);
+    wire::put_bytes_field(&mut message, 4, &[2; 5]);
+    assert_eq!(span_identity(&message), None);
+    message.clear();
+    wire::put_bytes_field(&mut message, 2, &[1; 8]);
+    wire::put_bytes_field(&mut message, 4, &[]);
+    assert_eq!(
+        span_identity(&message),
+        Some(SpanIdentity {
+            span_id: [1; 8],
+            parent_span_id: None,
+            name: ""
+        })
+    );
+}
