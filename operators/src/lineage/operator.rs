@@ -762,7 +762,10 @@ fn refresh_span_side(
     let producing = spans.get(&(*trace, *span_id));
     let root = traces.get(trace).and_then(TraceEntry::root);
     let root_span = root.and_then(|root| spans.get(&(*trace, root)));
-    set_text(&mut side.service, producing.map(|entry| &*entry.span.service));
+    set_text(
+        &mut side.service,
+        producing.map(|entry| &*entry.span.service),
+    );
     set_text(
         &mut side.operation,
         producing.map(|entry| &*entry.span.operation),
