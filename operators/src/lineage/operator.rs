@@ -1,11 +1,14 @@
 //! The lineage join and its state.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use breadcrumb_schemas::{Envelope, HeaderRef, RawRecord, StoredRecord, StoredRecordView};
 use breadcrumb_state::{PartitionStore, StateError, NO_EXPIRY};
 use smallvec::SmallVec;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::config::LineageConfig;
 use super::format::{
@@ -54,6 +57,67 @@ pub struct LineageEntry {
 // ---------------------------------------------------------------------------------------------
 // Hot state
 
+/// Hashes the hot maps' keys (event ids, trace and span ids) with xxh3: SipHash was a visible
+/// share of the per-record cost, with several lookups per record. Seeded per operator, as the
+/// state overlay is, so chosen event ids cannot steer the tables' layout.
+#[derive(Clone)]
+struct IdHashing {
+    seed: u64,
+}
+
+impl IdHashing {
+    fn new() -> Self {
+        Self {
+            seed: RandomState::new().hash_one(0x6c69_6e65_6167_6521_u64),
+        }
+    }
+}
+
+impl BuildHasher for IdHashing {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.seed)
+    }
+}
+
+struct IdHasher(u64);
+
+impl IdHasher {
+    /// Folds a small integer (a length prefix, `str`'s terminator) in without a call to xxh3.
+    fn mix(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.mix(u64::from(value));
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.mix(u64::from(value));
+    }
+
+    fn write_i32(&mut self, value: i32) {
+        self.mix(u64::from(value as u32));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.mix(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, IdHashing>;
+
 type SpanId = ([u8; 16], [u8; 8]);
 
 struct SpanEntry {
@@ -99,45 +163,45 @@ struct PartitionState {
     stream_time_ms: i64,
     last_input_offset: i64,
     persisted: PartitionMeta,
-    spans: HashMap<SpanId, SpanEntry>,
+    spans: IdMap<SpanId, SpanEntry>,
     /// `(forget at, trace, span)`: spans leave memory in this order (window or budget).
     span_expiry: BTreeSet<(i64, [u8; 16], [u8; 8])>,
-    traces: HashMap<[u8; 16], TraceEntry>,
+    traces: IdMap<[u8; 16], TraceEntry>,
     dirty_spans: Vec<SpanId>,
     /// Spans forgotten for the budget after they were stored: deleted at checkpoint.
     evicted_spans: Vec<SpanId>,
-    nodes: HashMap<Arc<str>, NodeEntry>,
+    nodes: IdMap<Arc<str>, NodeEntry>,
     dirty_nodes: Vec<Arc<str>>,
-    pending: HashMap<Arc<str>, Pending>,
+    pending: IdMap<Arc<str>, Pending>,
     pending_bytes: u64,
     /// `(deadline, event id)`: held events give up in this order (window or budget).
     timers: BTreeSet<(i64, Arc<str>)>,
     /// Held events whose span side waits, by trace. May hold stale ids; checked on wake.
-    by_trace: HashMap<[u8; 16], Vec<Arc<str>>>,
+    by_trace: IdMap<[u8; 16], Vec<Arc<str>>>,
     /// Held events whose parent side waits, by parent id. May hold stale ids.
-    by_parent: HashMap<Arc<str>, Vec<Arc<str>>>,
+    by_parent: IdMap<Arc<str>, Vec<Arc<str>>>,
     /// Held events released since the last checkpoint: their held record is deleted then.
     released: Vec<Arc<str>>,
 }
 
 impl PartitionState {
-    fn new(meta: PartitionMeta) -> Self {
+    fn new(meta: PartitionMeta, hashing: &IdHashing) -> Self {
         Self {
             stream_time_ms: meta.stream_time_ms,
             last_input_offset: meta.last_input_offset,
             persisted: meta,
-            spans: HashMap::new(),
+            spans: HashMap::with_hasher(hashing.clone()),
             span_expiry: BTreeSet::new(),
-            traces: HashMap::new(),
+            traces: HashMap::with_hasher(hashing.clone()),
             dirty_spans: Vec::new(),
             evicted_spans: Vec::new(),
-            nodes: HashMap::new(),
+            nodes: HashMap::with_hasher(hashing.clone()),
             dirty_nodes: Vec::new(),
-            pending: HashMap::new(),
+            pending: HashMap::with_hasher(hashing.clone()),
             pending_bytes: 0,
             timers: BTreeSet::new(),
-            by_trace: HashMap::new(),
-            by_parent: HashMap::new(),
+            by_trace: HashMap::with_hasher(hashing.clone()),
+            by_parent: HashMap::with_hasher(hashing.clone()),
             released: Vec::new(),
         }
     }
@@ -159,7 +223,10 @@ struct Scratch {
     edge_value: Vec<u8>,
     chain: Vec<Arc<str>>,
     woken: Vec<(i64, Arc<str>)>,
+    children: Vec<(i64, Arc<str>)>,
     settled: Vec<Arc<str>>,
+    /// An event id being looked up while the map holding it is changed.
+    next_id: String,
 }
 
 /// Coordinates of the input record an event came from.
@@ -178,13 +245,15 @@ struct Source<'a> {
 pub struct Lineage {
     shared: Shared,
     store_name: String,
-    partitions: HashMap<i32, PartitionState>,
+    hashing: IdHashing,
+    partitions: IdMap<i32, PartitionState>,
     scratch: Scratch,
 }
 
 impl Lineage {
     /// Builds the operator of pipeline `pipeline_name` from a validated config.
     pub fn new(pipeline_name: &str, config: LineageConfig, metrics: LineageMetrics) -> Self {
+        let hashing = IdHashing::new();
         Self {
             shared: Shared {
                 pipeline: pipeline_name.to_owned(),
@@ -193,7 +262,8 @@ impl Lineage {
                 metrics,
             },
             store_name: format!("{pipeline_name}-lineage"),
-            partitions: HashMap::new(),
+            partitions: HashMap::with_hasher(hashing.clone()),
+            hashing,
             scratch: Scratch::default(),
         }
     }
@@ -270,14 +340,13 @@ impl Lineage {
             event_id: (*id).into(),
             node: state.nodes[&id].node.clone(),
         }];
-        let cause = state.nodes[&id].node.causation_id.clone();
-        if !cause.is_empty() && depth > 0 {
+        if !state.nodes[&id].node.causation_id.is_empty() && depth > 0 {
             let mut chain = std::mem::take(&mut self.scratch.chain);
             state.ancestors(
                 &self.shared,
                 &mut self.scratch,
                 store,
-                &cause,
+                &id,
                 depth,
                 &mut chain,
             )?;
@@ -327,39 +396,6 @@ impl PartitionState {
         !entry.dirty
     }
 
-    /// What is known now of the span side of an event of `trace`, produced by `span_id`;
-    /// `Complete` when both the producing span and the root arrived.
-    fn join_span(&self, trace: &[u8; 16], span_id: &[u8; 8]) -> (SpanSide, bool) {
-        let producing = self.spans.get(&(*trace, *span_id));
-        let root = self.traces.get(trace).and_then(TraceEntry::root);
-        let root_span = root.and_then(|root| self.spans.get(&(*trace, root)));
-        let side = SpanSide {
-            resolution: None,
-            orphan: None,
-            service: producing.map(|entry| entry.span.service.clone()),
-            operation: producing.map(|entry| entry.span.operation.clone()),
-            root_span_id: root_span.and(root),
-            root_service: root_span.map(|entry| entry.span.service.clone()),
-        };
-        let complete = producing.is_some() && root_span.is_some();
-        (side, complete)
-    }
-
-    /// The orphan reason of a span side decided without all it needs.
-    fn span_orphan(&self, trace: &[u8; 16], side: &SpanSide) -> Option<OrphanReason> {
-        if side.service.is_none() {
-            Some(if self.traces.contains_key(trace) {
-                OrphanReason::SpanNotSeen
-            } else {
-                OrphanReason::TraceNotSeen
-            })
-        } else if side.root_span_id.is_none() {
-            Some(OrphanReason::RootSpanNotSeen)
-        } else {
-            None
-        }
-    }
-
     /// Brings event `id`'s node into the hot map if it exists and has not expired; returns the
     /// map's key for it.
     fn find_node(
@@ -392,31 +428,43 @@ impl PartitionState {
         Ok(Some(key))
     }
 
-    /// The ancestors of an event whose parent is `first`: the parent, its parent, ... at most
-    /// `depth`, stopping at an event not seen and at a cycle.
+    /// The ancestors of event `child` (in the hot map): its parent, the parent's parent, ... at
+    /// most `depth`, stopping at an event not seen and at a cycle.
     fn ancestors(
         &mut self,
         shared: &Shared,
         scratch: &mut Scratch,
         store: &mut PartitionStore,
-        first: &str,
+        child: &str,
         depth: usize,
         chain: &mut Vec<Arc<str>>,
     ) -> Result<()> {
         chain.clear();
-        let mut next: Box<str> = first.into();
-        while chain.len() < depth {
-            let Some(id) = self.find_node(shared, scratch, store, &next)? else {
-                break;
+        // The id looked up next, copied out of the map the lookup may change: a reused buffer
+        // instead of a string per ancestor.
+        let mut next = std::mem::take(&mut scratch.next_id);
+        next.clear();
+        next.push_str(&self.nodes[child].node.causation_id);
+        let mut result = Ok(());
+        while chain.len() < depth && !next.is_empty() {
+            let id = match self.find_node(shared, scratch, store, &next) {
+                Ok(Some(id)) => id,
+                Ok(None) => break,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
             };
-            chain.push(id.clone());
             let cause = &self.nodes[&id].node.causation_id;
+            chain.push(id.clone());
             if cause.is_empty() || chain.iter().any(|seen| **seen == **cause) {
                 break;
             }
-            next = cause.clone();
+            next.clear();
+            next.push_str(cause);
         }
-        Ok(())
+        scratch.next_id = next;
+        result
     }
 
     fn mark_dirty(&mut self, id: &Arc<str>) {
@@ -437,45 +485,49 @@ impl PartitionState {
         trace: &[u8; 16],
         out: &mut dyn Emitter,
     ) -> Result<()> {
-        let Some(waiting) = self.by_trace.remove(trace) else {
+        let Some(mut waiting) = self.by_trace.remove(trace) else {
             return Ok(());
         };
-        scratch.woken.clear();
-        for id in waiting {
+        let mut woken = std::mem::take(&mut scratch.woken);
+        woken.clear();
+        for id in waiting.drain(..) {
             if let Some(pending) = self.pending.get(&id) {
-                scratch.woken.push((pending.deadline_ms, id));
+                woken.push((pending.deadline_ms, id));
             }
         }
-        scratch.woken.sort();
-        scratch.woken.dedup();
-        let woken = std::mem::take(&mut scratch.woken);
-        let mut still = Vec::new();
-        for (_, id) in &woken {
-            let node = &self.nodes[id].node;
+        woken.sort();
+        woken.dedup();
+        // `waiting` is reused for the events still waiting, so a wake allocates nothing.
+        for (_, id) in woken.drain(..) {
+            let Self {
+                spans,
+                traces,
+                nodes,
+                ..
+            } = self;
+            let node = &mut nodes.get_mut(&id).expect("held").node;
             if node.span.resolution.is_some() {
                 continue;
             }
             let (trace_id, span_id) = node.trace.expect("waiting events have a trace");
-            let (side, complete) = self.join_span(&trace_id, &span_id);
+            // Keeps what is known so far even when incomplete: a later give-up reports it.
+            let complete = refresh_span_side(spans, traces, &trace_id, &span_id, &mut node.span);
+            node.span.orphan = None;
             if !complete {
-                // Keep what is known so far: a later give-up reports it.
-                self.nodes.get_mut(id).expect("held").node.span = side;
-                still.push(id.clone());
+                waiting.push(id);
                 continue;
             }
-            let entry = self.nodes.get_mut(id).expect("held");
-            entry.node.span = SpanSide {
-                resolution: Some(Resolution::Complete),
-                ..side
-            };
-            self.mark_dirty(id);
-            if self.nodes[id].node.parent.is_settled() {
-                self.release(shared, scratch, store, id, out)?;
+            node.span.resolution = Some(Resolution::Complete);
+            let settled = node.parent.is_settled();
+            self.mark_dirty(&id);
+            if settled {
+                // On an error the buffer is dropped: the operator is failing anyway.
+                self.release(shared, scratch, store, &id, out)?;
             }
         }
         scratch.woken = woken;
-        if !still.is_empty() {
-            self.by_trace.insert(*trace, still);
+        if !waiting.is_empty() {
+            self.by_trace.insert(*trace, waiting);
         }
         Ok(())
     }
@@ -490,16 +542,19 @@ impl PartitionState {
         out: &mut dyn Emitter,
     ) -> Result<()> {
         while let Some(parent) = scratch.settled.pop() {
-            let Some(children) = self.by_parent.remove(&parent) else {
+            let Some(mut children) = self.by_parent.remove(&parent) else {
                 continue;
             };
-            let mut woken: Vec<(i64, Arc<str>)> = children
-                .into_iter()
-                .filter_map(|id| self.pending.get(&id).map(|held| (held.deadline_ms, id)))
-                .collect();
+            let mut woken = std::mem::take(&mut scratch.children);
+            woken.clear();
+            woken.extend(
+                children
+                    .drain(..)
+                    .filter_map(|id| self.pending.get(&id).map(|held| (held.deadline_ms, id))),
+            );
             woken.sort();
             woken.dedup();
-            for (_, id) in woken {
+            for (_, id) in woken.drain(..) {
                 let entry = self.nodes.get_mut(&id).expect("held events have nodes");
                 if entry.node.parent.is_settled() {
                     continue;
@@ -508,12 +563,14 @@ impl PartitionState {
                     resolution: Resolution::Complete,
                     orphan: false,
                 };
+                let span_decided = entry.node.span.resolution.is_some();
                 self.mark_dirty(&id);
                 scratch.settled.push(id.clone());
-                if self.nodes[&id].node.span.resolution.is_some() {
+                if span_decided {
                     self.release(shared, scratch, store, &id, out)?;
                 }
             }
+            scratch.children = woken;
         }
         Ok(())
     }
@@ -529,20 +586,26 @@ impl PartitionState {
         resolution: Resolution,
         out: &mut dyn Emitter,
     ) -> Result<()> {
-        let node = &self.nodes[id].node;
+        let Self {
+            spans,
+            traces,
+            nodes,
+            ..
+        } = self;
+        let node = &mut nodes.get_mut(id).expect("held").node;
         if node.span.resolution.is_none() {
             let (trace_id, span_id) = node.trace.expect("waiting events have a trace");
-            let (side, _) = self.join_span(&trace_id, &span_id);
-            let orphan = self.span_orphan(&trace_id, &side);
-            self.nodes.get_mut(id).expect("held").node.span = SpanSide {
-                resolution: Some(resolution),
-                orphan,
-                ..side
-            };
+            refresh_span_side(spans, traces, &trace_id, &span_id, &mut node.span);
+            node.span.orphan = span_orphan(traces, &trace_id, &node.span);
+            node.span.resolution = Some(resolution);
         }
-        if !self.nodes[id].node.parent.is_settled() {
-            let cause = self.nodes[id].node.causation_id.clone();
-            let seen = self.find_node(shared, scratch, store, &cause)?.is_some();
+        if !node.parent.is_settled() {
+            let mut cause = std::mem::take(&mut scratch.next_id);
+            cause.clear();
+            cause.push_str(&node.causation_id);
+            let seen = self.find_node(shared, scratch, store, &cause);
+            scratch.next_id = cause;
+            let seen = seen?.is_some();
             self.nodes.get_mut(id).expect("held").node.parent = ParentSide::Settled {
                 resolution,
                 orphan: !seen,
@@ -601,14 +664,13 @@ impl PartitionState {
     ) -> Result<()> {
         let mut chain = std::mem::take(&mut scratch.chain);
         chain.clear();
-        let cause = self.nodes[id].node.causation_id.clone();
         let parent = self.nodes[id].node.parent;
         if let ParentSide::Settled { orphan: false, .. } = parent {
             self.ancestors(
                 shared,
                 scratch,
                 store,
-                &cause,
+                id,
                 shared.config.max_chain_depth,
                 &mut chain,
             )?;
@@ -683,6 +745,61 @@ impl PartitionState {
             }
         }
         Ok(())
+    }
+}
+
+/// Brings `side` up to date with what is known now of the span side of an event of `trace`,
+/// produced by `span_id` (its resolution and orphan are the caller's); returns whether both the
+/// producing span and the root arrived. Text already right is kept, so a wake that learns
+/// nothing new allocates nothing.
+fn refresh_span_side(
+    spans: &IdMap<SpanId, SpanEntry>,
+    traces: &IdMap<[u8; 16], TraceEntry>,
+    trace: &[u8; 16],
+    span_id: &[u8; 8],
+    side: &mut SpanSide,
+) -> bool {
+    let producing = spans.get(&(*trace, *span_id));
+    let root = traces.get(trace).and_then(TraceEntry::root);
+    let root_span = root.and_then(|root| spans.get(&(*trace, root)));
+    set_text(
+        &mut side.service,
+        producing.map(|entry| &*entry.span.service),
+    );
+    set_text(
+        &mut side.operation,
+        producing.map(|entry| &*entry.span.operation),
+    );
+    side.root_span_id = root_span.and(root);
+    set_text(
+        &mut side.root_service,
+        root_span.map(|entry| &*entry.span.service),
+    );
+    producing.is_some() && root_span.is_some()
+}
+
+/// The orphan reason of a span side decided without all it needs.
+fn span_orphan(
+    traces: &IdMap<[u8; 16], TraceEntry>,
+    trace: &[u8; 16],
+    side: &SpanSide,
+) -> Option<OrphanReason> {
+    if side.service.is_none() {
+        Some(if traces.contains_key(trace) {
+            OrphanReason::SpanNotSeen
+        } else {
+            OrphanReason::TraceNotSeen
+        })
+    } else if side.root_span_id.is_none() {
+        Some(OrphanReason::RootSpanNotSeen)
+    } else {
+        None
+    }
+}
+
+fn set_text(slot: &mut Option<Box<str>>, text: Option<&str>) {
+    if slot.as_deref() != text {
+        *slot = text.map(Box::from);
     }
 }
 
@@ -776,7 +893,7 @@ impl Operator for Lineage {
     fn open_partition(&mut self, stores: &mut [PartitionStore]) -> Result<()> {
         let store = &mut stores[0];
         let meta = PartitionMeta::load(store, &mut self.scratch.payload, &self.shared.name)?;
-        let mut state = PartitionState::new(meta);
+        let mut state = PartitionState::new(meta, &self.hashing);
         let shared = &self.shared;
         let operator = shared.name.as_str();
         let undecodable = |reason: &'static str| StateError::Corrupt {
@@ -889,11 +1006,11 @@ impl Operator for Lineage {
                 ..SpanSide::default()
             },
             Some((trace_id, span_id)) => {
-                let (side, complete) = state.join_span(trace_id, span_id);
-                SpanSide {
-                    resolution: complete.then_some(Resolution::Complete),
-                    ..side
-                }
+                let mut side = SpanSide::default();
+                let complete =
+                    refresh_span_side(&state.spans, &state.traces, trace_id, span_id, &mut side);
+                side.resolution = complete.then_some(Resolution::Complete);
+                side
             }
         };
         let parent = if event.causation_id.is_empty() {
@@ -926,13 +1043,16 @@ impl Operator for Lineage {
             parent,
         };
         let span_waits = node.span.resolution.is_none();
+        let leaves_now = !span_waits && parent.is_settled();
+        if leaves_now {
+            emit_with_headers(&node, out, |out, added| out.emit_current(Port::Main, added));
+        }
+        // A new node is dirty: one lookup instead of an insert then `mark_dirty`.
         state
             .nodes
-            .insert(id.clone(), NodeEntry { node, dirty: false });
-        state.mark_dirty(&id);
-        if !span_waits && parent.is_settled() {
-            let node = &state.nodes[&id].node;
-            emit_with_headers(node, out, |out, added| out.emit_current(Port::Main, added));
+            .insert(id.clone(), NodeEntry { node, dirty: true });
+        state.dirty_nodes.push(id.clone());
+        if leaves_now {
             shared.metrics.join_wait_seconds.observe(0.0);
             state.emit_edges(shared, scratch, store, &id, source_of(record), out)?;
         } else {
