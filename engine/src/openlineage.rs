@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 use prometheus::core::Collector;
 use prometheus::IntCounterVec;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -237,7 +235,8 @@ impl RunEvents {
             .outputs
             .iter()
             .map(|output| {
-                let mut dataset = json!({ "namespace": self.dataset_namespace, "name": output.topic });
+                let mut dataset =
+                    json!({ "namespace": self.dataset_namespace, "name": output.topic });
                 if let Some(counts) = counts {
                     let rows: u64 = output
                         .counters
@@ -338,8 +337,8 @@ fn sum_by_pipeline_and_topic(counter: &IntCounterVec) -> BTreeMap<(String, Strin
                 metric
                     .get_label()
                     .iter()
-                    .find(|pair| pair.get_name() == name)
-                    .map(|pair| pair.get_value().to_owned())
+                    .find(|pair| pair.name() == name)
+                    .map(|pair| pair.value().to_owned())
                     .unwrap_or_default()
             };
             *sums.entry((label("pipeline"), label("topic"))).or_default() +=

@@ -68,7 +68,10 @@ fn openlineage_dataset_namespace_is_the_first_bootstrap_server() {
     for (servers, namespace) in [
         ("broker-a:9092,broker-b:9092", "kafka://broker-a:9092"),
         ("SASL_SSL://broker:9093", "kafka://broker:9093"),
-        ("PLAINTEXT://broker-a:9092, broker-b:9092", "kafka://broker-a:9092"),
+        (
+            "PLAINTEXT://broker-a:9092, broker-b:9092",
+            "kafka://broker-a:9092",
+        ),
         (" broker ", "kafka://broker:9092"),
         (",10.0.0.1:19092", "kafka://10.0.0.1:19092"),
         ("[::1]:9094", "kafka://[::1]:9094"),
@@ -94,7 +97,10 @@ fn openlineage_events_name_one_job_per_pipeline_and_its_topics() {
         payments["job"]["facets"]["jobType"]["processingType"],
         "STREAMING"
     );
-    assert_eq!(payments["job"]["facets"]["jobType"]["integration"], "BREADCRUMB");
+    assert_eq!(
+        payments["job"]["facets"]["jobType"]["integration"],
+        "BREADCRUMB"
+    );
     assert_eq!(payments["job"]["facets"]["jobType"]["jobType"], "JOB");
     assert_eq!(
         payments["inputs"],
@@ -130,13 +136,20 @@ fn openlineage_events_name_one_job_per_pipeline_and_its_topics() {
         .collect();
     assert_eq!(
         names,
-        ["otlp_spans-sampled", "otlp_spans-sampled-decisions", "billing-dlq"]
+        [
+            "otlp_spans-sampled",
+            "otlp_spans-sampled-decisions",
+            "billing-dlq"
+        ]
     );
 
     // One run per job and process run: the run id stays for later events, and is a UUIDv7.
     let complete = events.events(RunState::Complete, &metrics, OffsetDateTime::now_utc());
     let run_id = payments["run"]["runId"].as_str().unwrap();
-    assert_eq!(event_for(&complete, "billing.payments")["run"]["runId"], run_id);
+    assert_eq!(
+        event_for(&complete, "billing.payments")["run"]["runId"],
+        run_id
+    );
     assert_ne!(traces["run"]["runId"], run_id);
     assert_eq!(Uuid::parse_str(run_id).unwrap().get_version_num(), 7);
     assert_eq!(start[0].0, "run:breadcrumb/billing.payments");
@@ -151,7 +164,10 @@ fn openlineage_running_statistics_are_the_committed_counters() {
         .events_out
         .with_label_values(&["payments", "payments-deduped"])
         .inc_by(40);
-    metrics.duplicates.with_label_values(&["payments"]).inc_by(5);
+    metrics
+        .duplicates
+        .with_label_values(&["payments"])
+        .inc_by(5);
     metrics
         .ordering_repeats
         .with_label_values(&["payments"])
@@ -190,11 +206,19 @@ fn openlineage_running_statistics_are_the_committed_counters() {
         statistics["rowCount"].as_u64().unwrap()
     };
     assert_eq!(rows(payments, "payments-deduped"), 40);
-    assert_eq!(rows(payments, "payments-duplicates"), 7, "dedupe and ordering repeats");
+    assert_eq!(
+        rows(payments, "payments-duplicates"),
+        7,
+        "dedupe and ordering repeats"
+    );
     assert_eq!(rows(payments, "payments-deduped-conflicts"), 3);
     assert_eq!(rows(payments, "payments-deduped-gaps"), 1);
     assert_eq!(rows(payments, "payments-deduped-late"), 0);
-    assert_eq!(rows(payments, "billing-dlq"), 10, "this pipeline's dead letters only");
+    assert_eq!(
+        rows(payments, "billing-dlq"),
+        10,
+        "this pipeline's dead letters only"
+    );
     let traces = event_for(&running, "billing.traces");
     assert_eq!(rows(traces, "otlp_spans-sampled"), 9);
     assert_eq!(rows(traces, "otlp_spans-sampled-decisions"), 11);
@@ -451,7 +475,9 @@ id_path = "/id"
     assert!(planned.iter().any(|spec| spec.name == "lineage-events"));
     // The mock cluster has no CreateTopics API: create what the engine would.
     for spec in planned {
-        cluster.create_topic(&spec.name, spec.partitions, 1).unwrap();
+        cluster
+            .create_topic(&spec.name, spec.partitions, 1)
+            .unwrap();
     }
     let client = base_client_config(&config);
     let producer: rdkafka::producer::BaseProducer = client.create().unwrap();
@@ -469,7 +495,9 @@ id_path = "/id"
         let (config, metrics, shutdown) = (config.clone(), metrics.clone(), shutdown.clone());
         std::thread::spawn(move || crate::runtime::run(config, metrics, Health::new(), shutdown))
     };
-    let events_in = metrics.events_in.with_label_values(&["payments", "payments"]);
+    let events_in = metrics
+        .events_in
+        .with_label_values(&["payments", "payments"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while events_in.get() < 20 && Instant::now() < deadline && !engine.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
@@ -485,10 +513,7 @@ id_path = "/id"
     let events: Vec<Value> = records
         .iter()
         .map(|record| {
-            assert_eq!(
-                record.key(),
-                Some(&b"run:breadcrumb/ol-test.payments"[..])
-            );
+            assert_eq!(record.key(), Some(&b"run:breadcrumb/ol-test.payments"[..]));
             serde_json::from_slice(record.payload().unwrap()).unwrap()
         })
         .collect();
@@ -498,7 +523,9 @@ id_path = "/id"
         .collect();
     assert_eq!(kinds.first(), Some(&"START"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"COMPLETE"), "{kinds:?}");
-    assert!(kinds[1..kinds.len() - 1].iter().all(|kind| *kind == "RUNNING"));
+    assert!(kinds[1..kinds.len() - 1]
+        .iter()
+        .all(|kind| *kind == "RUNNING"));
     assert!(kinds.len() >= 3, "at least one RUNNING: {kinds:?}");
     let run_id = &events[0]["run"]["runId"];
     assert!(events.iter().all(|event| &event["run"]["runId"] == run_id));
