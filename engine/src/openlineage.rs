@@ -515,10 +515,10 @@ impl Emitter {
         let interval = self.interval;
         let thread = std::thread::Builder::new()
             .name("breadcrumb-openlineage".to_owned())
-            .spawn(move || loop {
-                match stopped.recv_timeout(interval) {
-                    Err(RecvTimeoutError::Timeout) => shared.send(RunState::Running),
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            // Anything but a time-out (a message, or the sender dropped by `finish`) stops it.
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    shared.send(RunState::Running);
                 }
             });
         match thread {
