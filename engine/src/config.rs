@@ -174,6 +174,9 @@ pub struct EngineConfig {
     /// Logging.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// OpenLineage run events on a Kafka topic; absent: none are sent.
+    #[serde(default)]
+    pub openlineage: Option<OpenLineageConfig>,
     /// Pipelines by name.
     pub pipelines: BTreeMap<String, PipelineConfig>,
 }
@@ -305,6 +308,33 @@ impl Default for LoggingConfig {
             level: default_log_level(),
         }
     }
+}
+
+/// The namespace of breadcrumb's OpenLineage jobs unless configured.
+pub fn default_openlineage_namespace() -> String {
+    "breadcrumb".to_owned()
+}
+
+/// A RUNNING event a minute: often enough for a lineage UI to show live counts, rare enough to
+/// be noise-free on the topic.
+pub const fn default_openlineage_running_interval_ms() -> u64 {
+    60_000
+}
+
+/// `[openlineage]`: OpenLineage run events (START, RUNNING, COMPLETE or FAIL) on a Kafka topic,
+/// one job per pipeline. Metadata, not output: they are sent outside the transactions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenLineageConfig {
+    /// The topic the run events go to (created like the outputs when missing); the section's
+    /// presence enables OpenLineage.
+    pub topic: String,
+    /// Namespace of the jobs; each pipeline is the job `<application_id>.<pipeline>` in it.
+    #[serde(default = "default_openlineage_namespace")]
+    pub namespace: String,
+    /// How often a RUNNING event with the committed output counts is sent, in milliseconds.
+    #[serde(default = "default_openlineage_running_interval_ms")]
+    pub running_interval_ms: u64,
 }
 
 /// What a pipeline re-keys its input by before its stateful stage.
@@ -579,6 +609,9 @@ impl EngineConfig {
         if self.pipelines.is_empty() {
             errors.push("pipelines: at least one pipeline is required".to_owned());
         }
+        if let Some(openlineage) = &self.openlineage {
+            errors.extend(self.validate_openlineage(openlineage));
+        }
         let mut seen_inputs: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, pipeline) in &self.pipelines {
             let prefix = format!("pipelines.{name}");
@@ -724,6 +757,49 @@ impl EngineConfig {
                     }
                 }
             }
+        }
+        errors
+    }
+
+    /// Problems of the `[openlineage]` section, each naming its key.
+    fn validate_openlineage(&self, openlineage: &OpenLineageConfig) -> Vec<String> {
+        let mut errors = Vec::new();
+        let topic = openlineage.topic.as_str();
+        if topic.trim().is_empty() {
+            errors.push("openlineage.topic: must not be empty".to_owned());
+        }
+        if openlineage.namespace.trim().is_empty() {
+            errors.push("openlineage.namespace: must not be empty".to_owned());
+        }
+        if openlineage.running_interval_ms == 0 {
+            errors.push("openlineage.running_interval_ms: must be positive".to_owned());
+        }
+        // Run events on a topic a pipeline reads would be processed as business input, and on
+        // one it writes they would be mixed into its output.
+        for (name, pipeline) in &self.pipelines {
+            if pipeline.input_topics.iter().any(|input| input == topic) {
+                errors.push(format!(
+                    "openlineage.topic: `{topic}` is an input of pipeline `{name}`; use a topic of its own"
+                ));
+            }
+            let written = [
+                Some(pipeline.output_topic.clone()),
+                pipeline.duplicates_topic.clone(),
+                Some(pipeline.conflicts_topic()),
+                pipeline.late_topic(),
+                pipeline.gaps_topic(),
+                pipeline.decisions_topic(),
+            ];
+            if written.iter().flatten().any(|output| output == topic) {
+                errors.push(format!(
+                    "openlineage.topic: `{topic}` is written by pipeline `{name}`; use a topic of its own"
+                ));
+            }
+        }
+        if topic == self.dead_letter_topic() || topic == self.ledger_topic() {
+            errors.push(format!(
+                "openlineage.topic: `{topic}` is the dead-letter or ledger topic; use a topic of its own"
+            ));
         }
         errors
     }

@@ -36,6 +36,8 @@ const SAMPLED_TOPIC: &str = "otlp_spans-sampled";
 const DECISIONS_TOPIC: &str = "otlp_spans-decisions";
 /// The `slow` policy's threshold; the generator's slow traces exceed it, the others stay below.
 const SLOW_THRESHOLD_MS: i64 = 1_000;
+/// Where the demo's OpenLineage run events go.
+const OPENLINEAGE_TOPIC: &str = "breadcrumb-demo-openlineage";
 /// The demo's deciders in policy order (then the operator's own: `none`, `overflow`), with what
 /// each one's traces are, for the summary.
 const DECIDERS: [(&str, &str); 6] = [
@@ -118,6 +120,8 @@ pub struct DemoSummary {
     pub telemetry: TelemetrySummary,
     /// The lineage side.
     pub lineage: LineageSummary,
+    /// The OpenLineage run events read back, in one line.
+    pub openlineage: String,
     pub elapsed_ms: u128,
 }
 
@@ -393,8 +397,9 @@ impl DemoSummary {
         ));
         self.telemetry.render_into(&mut text);
         self.lineage.render_into(&mut text);
+        text.push_str(&format!("\n  openlineage       {}\n", self.openlineage));
         text.push_str(&format!(
-            "\n  transactions      {} committed, {} aborted (all pipelines); {:.1} s, {:.0} records/s\n",
+            "  transactions      {} committed, {} aborted (all pipelines); {:.1} s, {:.0} records/s\n",
             self.transactions_committed,
             self.transactions_aborted,
             seconds,
@@ -420,6 +425,10 @@ dir = "{state_dir}"
 
 [http]
 enabled = false
+
+[openlineage]
+topic = "{OPENLINEAGE_TOPIC}"
+running_interval_ms = 1000
 
 [pipelines.{PIPELINE}]
 input_topics = ["{INPUT_TOPIC}"]
@@ -689,8 +698,46 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
             && ids.len() as u64 == produced.new,
         telemetry,
         lineage,
+        openlineage: openlineage_line(&config)?,
         elapsed_ms: started.elapsed().as_millis(),
     })
+}
+
+/// The run events on the OpenLineage topic, per job: `START, n RUNNING, COMPLETE`.
+fn openlineage_line(config: &EngineConfig) -> Result<String> {
+    use rdkafka::message::Message;
+
+    let records = verify::read_topic(
+        &base_client_config(config),
+        OPENLINEAGE_TOPIC,
+        Duration::from_secs(30),
+    )?;
+    let mut jobs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for record in &records {
+        let Some(event) = record
+            .payload()
+            .and_then(|value| serde_json::from_slice::<serde_json::Value>(value).ok())
+        else {
+            continue;
+        };
+        let job = event["job"]["name"].as_str().unwrap_or("?").to_owned();
+        let kind = event["eventType"].as_str().unwrap_or("?").to_owned();
+        jobs.entry(job).or_default().push(kind);
+    }
+    let per_job: Vec<String> = jobs
+        .iter()
+        .map(|(job, kinds)| {
+            let running = kinds.iter().filter(|kind| *kind == "RUNNING").count();
+            let first = kinds.first().map_or("none", String::as_str);
+            let last = kinds.last().map_or("none", String::as_str);
+            format!("{job}: {first}, {running} RUNNING, {last}")
+        })
+        .collect();
+    Ok(format!(
+        "{} run events read back from `{OPENLINEAGE_TOPIC}` ({})",
+        records.len(),
+        per_job.join("; ")
+    ))
 }
 
 /// The telemetry block: the sampling metrics, then the decisions and sampled topics read back

@@ -8,6 +8,7 @@
 //!   records.
 //! - [`ledger`]: the reconciliation ledger written with every transaction, and its checker.
 //! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
+//! - [`openlineage`]: OpenLineage run events (START, RUNNING, COMPLETE, FAIL) on a Kafka topic.
 //! - [`demo`], [`generate`], [`generate_traces`], [`verify`]: the embedded demo, the payments
 //!   and telemetry workload generators and the exactly-once checker behind the CLI.
 
@@ -23,6 +24,7 @@ pub mod http;
 pub mod journal;
 pub mod ledger;
 pub mod metrics;
+pub mod openlineage;
 pub mod raw_headers;
 pub mod runtime;
 pub mod topics;

@@ -324,5 +324,46 @@ format = "cloudevents"
                 .iter()
                 .any(|error| error.starts_with("pipelines.payments.lineage_topic:")),
         "{errors:?}"
+
+fn config_openlineage_section_gets_named_defaults() {
+    assert!(EngineConfig::from_toml(MINIMAL)
+        .unwrap()
+        .openlineage
+        .is_none());
+    let config =
+        EngineConfig::from_toml(&format!("{MINIMAL}\n[openlineage]\ntopic = \"lineage\"\n"))
+            .unwrap();
+    let openlineage = config.openlineage.expect("the section enables it");
+    assert_eq!(openlineage.topic, "lineage");
+    assert_eq!(openlineage.namespace, default_openlineage_namespace());
+    assert_eq!(
+        openlineage.running_interval_ms,
+        default_openlineage_running_interval_ms()
+    );
+}
+
+#[test]
+fn config_openlineage_problems_name_their_keys() {
+    let text = format!(
+        "{MINIMAL}\n[openlineage]\ntopic = \"payments-deduped\"\nnamespace = \"\"\nrunning_interval_ms = 0\n"
+    );
+    let error = EngineConfig::from_toml(&text).unwrap_err().to_string();
+    assert!(
+        error.contains("openlineage.namespace: must not be empty"),
+        "{error}"
+    );
+    assert!(
+        error.contains("openlineage.running_interval_ms: must be positive"),
+        "{error}"
+    );
+    assert!(
+        error.contains("openlineage.topic: `payments-deduped` is written by pipeline `payments`"),
+        "{error}"
+    );
+    let text = format!("{MINIMAL}\n[openlineage]\ntopic = \"lineage\"\nport = 1\n");
+    let error = EngineConfig::from_toml(&text).unwrap_err().to_string();
+    assert!(
+        error.contains("openlineage") && error.contains("port"),
+        "{error}"
     );
 }

@@ -36,6 +36,7 @@ use crate::error::{EngineError, Result};
 use crate::http::Health;
 use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
+use crate::openlineage::Emitter;
 use crate::topics::{self, TopicSpec};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -156,7 +157,13 @@ pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
             add(config.changelog_topic(&store), true, true);
         }
     }
-    for name in [config.dead_letter_topic(), config.ledger_topic()] {
+    // The OpenLineage topic is sized like the dead-letter topic when breadcrumb creates it; an
+    // existing one (often shared by many producers of run events) is used as it is.
+    let openlineage_topic = config.openlineage.as_ref().map(|ol| ol.topic.clone());
+    for name in [config.dead_letter_topic(), config.ledger_topic()]
+        .into_iter()
+        .chain(openlineage_topic)
+    {
         specs.push(TopicSpec {
             name,
             partitions: max_partitions,
@@ -192,8 +199,17 @@ pub fn run(
         .unwrap_or(core::DEFAULT_SESSION_TIMEOUT_MS);
     // Half the session timeout: the group may already be rebalancing by then.
     let stall = StallFlag::watch(Duration::from_millis(session_timeout_ms / 2));
+    let lineage = Emitter::from_config(&config, &metrics);
     let outcome = loop {
-        match run_once(&config, &backend, &metrics, &health, &shutdown, &stall) {
+        match run_once(
+            &config,
+            &backend,
+            &metrics,
+            &health,
+            &shutdown,
+            &stall,
+            lineage.as_ref(),
+        ) {
             Ok(()) => break Ok(()),
             Err(
                 error @ (EngineError::Fatal(_)
@@ -211,8 +227,11 @@ pub fn run(
             Err(error) => break Err(error),
         }
     };
-    backend.flush()?;
+    let outcome = backend.flush().map_err(EngineError::from).and(outcome);
     health.set_dead();
+    if let Some(lineage) = &lineage {
+        lineage.finish(outcome.as_ref().err(), &config.kafka);
+    }
     outcome
 }
 
@@ -223,6 +242,7 @@ fn run_once(
     health: &Arc<Health>,
     shutdown: &AtomicBool,
     stall: &StallFlag,
+    lineage: Option<&Emitter>,
 ) -> Result<()> {
     // A stop seen before this run's clients existed concerns the clients just replaced.
     stall.take();
@@ -273,6 +293,9 @@ fn run_once(
     );
     // An instance with nothing assigned yet is still ready to serve.
     health.set_ready(true);
+    if let Some(lineage) = lineage {
+        lineage.start();
+    }
 
     let result = process_until_shutdown(&consumer, shutdown);
     let mut core = consumer.context().core.lock().expect("core lock poisoned");

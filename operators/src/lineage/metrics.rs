@@ -110,6 +110,11 @@ impl LineageMetricFamilies {
         })
     }
 
+    /// Edges emitted by pipeline and kind, for readers that sum over pipelines.
+    pub fn edges_family(&self) -> &IntCounterVec {
+        &self.edges
+    }
+
     /// `pipeline`'s handles.
     pub fn resolve(&self, pipeline: &str) -> LineageMetrics {
         LineageMetrics {
