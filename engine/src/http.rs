@@ -1,16 +1,17 @@
-//! `/metrics`, `/healthz` and `/readyz`.
+//! `/metrics`, `/healthz`, `/readyz`, and the state queries of [`crate::query`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
 use crate::metrics::Metrics;
+use crate::query::QueryService;
 
 /// Liveness and readiness, shared between the processing thread and the HTTP server.
 #[derive(Debug, Default)]
@@ -55,15 +56,33 @@ impl Health {
 struct AppState {
     metrics: Metrics,
     health: Arc<Health>,
+    /// `None`: the query routes answer 404 (no processing loop to ask).
+    queries: Option<QueryService>,
 }
 
 /// The router, separate from the listener so tests can drive it.
 pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
+    router_with_queries(metrics, health, None)
+}
+
+/// The router with the state queries answered by `queries`.
+pub fn router_with_queries(
+    metrics: Metrics,
+    health: Arc<Health>,
+    queries: Option<QueryService>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .route("/lineage/events/{id}", get(query_handler))
+        .route("/dedupe/{key}", get(query_handler))
+        .route("/sampling/traces/{trace_id}", get(query_handler))
+        .with_state(AppState {
+            metrics,
+            health,
+            queries,
+        })
 }
 
 /// Serves until the task is dropped.
@@ -71,10 +90,42 @@ pub async fn serve(
     address: SocketAddr,
     metrics: Metrics,
     health: Arc<Health>,
+    queries: Option<QueryService>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(%address, "Serving metrics and health.");
-    axum::serve(listener, router(metrics, health)).await
+    tracing::info!(%address, "Serving metrics, health and queries.");
+    serve_listener(listener, metrics, health, queries).await
+}
+
+/// Serves on a bound listener (an ephemeral port in tests and the demo) until the task is
+/// dropped.
+pub async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    health: Arc<Health>,
+    queries: Option<QueryService>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with_queries(metrics, health, queries)).await
+}
+
+/// The three query routes share one handler: [`QueryService::get`] parses the path itself, so
+/// in-process callers get the same answers.
+async fn query_handler(State(state): State<AppState>, uri: Uri) -> impl IntoResponse {
+    let response = match &state.queries {
+        Some(queries) => queries.get(uri.path(), uri.query()).await,
+        None => crate::query::QueryResponse {
+            status: StatusCode::NOT_FOUND,
+            body: serde_json::json!({
+                "error": "not_found",
+                "message": "queries are not served by this process",
+            }),
+        },
+    };
+    (
+        response.status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{}\n", response.body),
+    )
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {

@@ -21,6 +21,7 @@ pub mod http;
 pub mod journal;
 pub mod ledger;
 pub mod metrics;
+pub mod query;
 pub mod raw_headers;
 pub mod runtime;
 pub mod topics;

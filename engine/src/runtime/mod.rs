@@ -35,6 +35,7 @@ use crate::error::{EngineError, Result};
 use crate::http::Health;
 use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
+use crate::query::{self, QueryReceiver, QUERIES_PER_ITERATION};
 use crate::topics::{self, TopicSpec};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,7 +64,19 @@ fn consumer_config(config: &EngineConfig) -> ClientConfig {
             "queued.max.messages.kbytes",
             config.max_prefetch_kbytes.to_string(),
         )
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // How other instances find this one's query endpoint: DescribeGroups lists every
+        // member's client id with its assignment (see `crate::query`).
+        .set(
+            "client.id",
+            query::member_client_id(
+                &config.instance_id(),
+                config
+                    .http
+                    .enabled
+                    .then(|| config.http.advertised_address()),
+            ),
+        );
     client
 }
 
@@ -167,6 +180,18 @@ pub fn run(
     health: Arc<Health>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<()> {
+    run_with_queries(config, metrics, health, shutdown, None)
+}
+
+/// [`run`], also answering the state queries that arrive on `queries` (a few per loop
+/// iteration, between records).
+pub fn run_with_queries(
+    config: Arc<EngineConfig>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: Arc<AtomicBool>,
+    queries: Option<QueryReceiver>,
+) -> Result<()> {
     std::fs::create_dir_all(&config.state.dir)?;
     let backend = StateBackend::open(
         &config.state.dir,
@@ -185,7 +210,15 @@ pub fn run(
     // Half the session timeout: the group may already be rebalancing by then.
     let stall = StallFlag::watch(Duration::from_millis(session_timeout_ms / 2));
     let outcome = loop {
-        match run_once(&config, &backend, &metrics, &health, &shutdown, &stall) {
+        match run_once(
+            &config,
+            &backend,
+            &metrics,
+            &health,
+            &shutdown,
+            &stall,
+            queries.as_ref(),
+        ) {
             Ok(()) => break Ok(()),
             Err(
                 error @ (EngineError::Fatal(_)
@@ -215,6 +248,7 @@ fn run_once(
     health: &Arc<Health>,
     shutdown: &AtomicBool,
     stall: &StallFlag,
+    queries: Option<&QueryReceiver>,
 ) -> Result<()> {
     // A stop seen before this run's clients existed concerns the clients just replaced.
     stall.take();
@@ -266,7 +300,7 @@ fn run_once(
     // An instance with nothing assigned yet is still ready to serve.
     health.set_ready(true);
 
-    let result = process_until_shutdown(&consumer, shutdown);
+    let result = process_until_shutdown(&consumer, shutdown, queries);
     let mut core = consumer.context().core.lock().expect("core lock poisoned");
     match &result {
         Ok(()) => {
@@ -294,6 +328,7 @@ fn run_once(
 fn process_until_shutdown(
     consumer: &BaseConsumer<EngineContext>,
     shutdown: &AtomicBool,
+    queries: Option<&QueryReceiver>,
 ) -> Result<()> {
     let mut schema_backoff = SCHEMA_BACKOFF_INITIAL;
     while !shutdown.load(Ordering::Acquire) {
@@ -342,6 +377,9 @@ fn process_until_shutdown(
             }
         }
         core.maybe_commit(consumer)?;
+        if let Some(queries) = queries {
+            queries.serve(QUERIES_PER_ITERATION, |query| core.answer_query(query));
+        }
     }
     Ok(())
 }
