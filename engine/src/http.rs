@@ -223,3 +223,142 @@ mod tests {
         assert_eq!(get(address, "/nowhere").0, 404);
     }
 }
+
+#[cfg(test)]
+mod query_tests {
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use crate::query::{self, Found, LocalAnswer, Query, QueryService, Searched};
+
+    use super::*;
+
+    fn get(address: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+        let mut stream = std::net::TcpStream::connect(address).expect("server listens");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("status line");
+        assert!(
+            response.contains("content-type: application/json"),
+            "{response}"
+        );
+        let body = response.split_once("\r\n\r\n").expect("a body").1;
+        (status, serde_json::from_str(body).expect("a JSON body"))
+    }
+
+    /// The query routes over a real socket, with a thread standing in for the processing loop
+    /// (polling the channel as `process_until_shutdown` does).
+    #[test]
+    fn query_routes_answer_json_from_the_processing_thread() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (sender, receiver) = query::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let processing = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    receiver.serve(query::QUERIES_PER_ITERATION, |query| {
+                        let searched = vec![Searched {
+                            pipeline: "payments".to_owned(),
+                            topic: "payments".to_owned(),
+                            local_partitions: vec![0, 1],
+                            routing_key: None,
+                        }];
+                        match query {
+                            Query::Dedupe { key } if key == "pay 1" => LocalAnswer {
+                                found: vec![Found {
+                                    pipeline: "payments".to_owned(),
+                                    partition: 1,
+                                    value: serde_json::json!({ "key": key, "first_copy": { "offset": 7 } }),
+                                }],
+                                searched,
+                                errors: Vec::new(),
+                            },
+                            Query::Dedupe { .. } => LocalAnswer {
+                                searched,
+                                ..LocalAnswer::default()
+                            },
+                            _ => LocalAnswer::default(),
+                        }
+                    });
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            })
+        };
+        let service = QueryService::new(sender, "node-a", Some("127.0.0.1:1"), None, true);
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        runtime.spawn(serve_listener(
+            listener,
+            Metrics::new(),
+            Health::new(),
+            Some(service),
+        ));
+
+        let (status, body) = get(address, "/dedupe/pay%201");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["instance"]["id"], "node-a");
+        assert_eq!(body["answers"][0]["pipeline"], "payments");
+        assert_eq!(body["answers"][0]["partition"], 1);
+        assert_eq!(body["answers"][0]["answer"]["first_copy"]["offset"], 7);
+
+        let (status, body) = get(address, "/dedupe/pay-2");
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"], "not_found");
+        assert_eq!(body["searched"][0]["partitions"], serde_json::json!([0, 1]));
+
+        let (status, body) =
+            get(address, "/lineage/events/inv-1?depth=3&trace_id=4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(status, 404, "no lineage pipeline: {body}");
+        let (status, body) = get(address, "/sampling/traces/not-hex");
+        assert_eq!(status, 400, "{body}");
+        let (status, _) = get(address, "/lineage/events/x?depth=1000");
+        assert_eq!(status, 400);
+
+        stop.store(true, Ordering::Release);
+        processing.join().expect("processing thread");
+        let (status, body) = get(address, "/dedupe/pay-2");
+        assert_eq!(status, 503, "the processing loop is gone: {body}");
+    }
+
+    #[test]
+    fn query_routes_without_a_processing_loop_answer_404() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let app = router(Metrics::new(), Health::new());
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    axum::serve(listener, app),
+                )
+                .await;
+            })
+        });
+        let (status, body) = get(address, "/dedupe/x");
+        assert_eq!(status, 404, "{body}");
+        drop(server);
+    }
+}
