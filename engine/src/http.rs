@@ -323,8 +323,10 @@ mod query_tests {
         assert_eq!(body["error"], "not_found");
         assert_eq!(body["searched"][0]["partitions"], serde_json::json!([0, 1]));
 
-        let (status, body) =
-            get(address, "/lineage/events/inv-1?depth=3&trace_id=4bf92f3577b34da6a3ce929d0e0e4736");
+        let (status, body) = get(
+            address,
+            "/lineage/events/inv-1?depth=3&trace_id=4bf92f3577b34da6a3ce929d0e0e4736",
+        );
         assert_eq!(status, 404, "no lineage pipeline: {body}");
         let (status, body) = get(address, "/sampling/traces/not-hex");
         assert_eq!(status, 400, "{body}");
