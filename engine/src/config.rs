@@ -274,6 +274,21 @@ pub struct HttpConfig {
     /// `host:port` to listen on.
     #[serde(default = "default_metrics_address")]
     pub listen_address: String,
+    /// `host:port` where other instances and clients reach this one's query endpoints (like
+    /// Kafka Streams' `application.server`); defaults to `listen_address`. Set it when
+    /// listening on a wildcard address or behind NAT. Published in the group consumer's
+    /// `client.id`, so every instance can name the owner of a key it does not hold.
+    #[serde(default)]
+    pub advertised_address: Option<String>,
+}
+
+impl HttpConfig {
+    /// Where this instance's query endpoints are reached.
+    pub fn advertised_address(&self) -> &str {
+        self.advertised_address
+            .as_deref()
+            .unwrap_or(&self.listen_address)
+    }
 }
 
 fn default_true() -> bool {
@@ -285,6 +300,7 @@ impl Default for HttpConfig {
         Self {
             enabled: true,
             listen_address: default_metrics_address(),
+            advertised_address: None,
         }
     }
 }
@@ -569,6 +585,17 @@ impl EngineConfig {
                 "transaction_timeout_ms: must exceed commit_interval_ms ({} <= {})",
                 self.transaction_timeout_ms, self.commit_interval_ms
             ));
+        }
+        if let Some(address) = &self.http.advertised_address {
+            let (host, port) = address.rsplit_once(':').unwrap_or_default();
+            if host.is_empty()
+                || port.parse::<u16>().is_err()
+                || address.contains(|c: char| c == '/' || c.is_whitespace())
+            {
+                errors.push(format!(
+                    "http.advertised_address: `{address}` is not `host:port`"
+                ));
+            }
         }
         if self.input.max_key_bytes == 0 {
             errors.push("input.max_key_bytes: must be positive".to_owned());

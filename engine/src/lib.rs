@@ -25,6 +25,7 @@ pub mod journal;
 pub mod ledger;
 pub mod metrics;
 pub mod openlineage;
+pub mod query;
 pub mod raw_headers;
 pub mod runtime;
 pub mod topics;

@@ -23,5 +23,7 @@ pub mod pii;
 pub mod sampling;
 
 pub use error::{OperatorError, Result};
-pub use operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration, Waiting};
+pub use operator::{
+    Disposition, Emitter, Header, Lookup, LookupKind, Operator, Port, StoreDeclaration, Waiting,
+};
 pub mod testing;

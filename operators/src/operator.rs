@@ -91,6 +91,38 @@ pub struct Waiting {
     pub bytes: u64,
 }
 
+/// The kinds of [`Lookup`], for asking an operator whether it answers one before any partition
+/// is at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LookupKind {
+    LineageEvent,
+    DedupeKey,
+    SamplingTrace,
+}
+
+/// A question about an operator's state (the engine's HTTP query API), answered on the
+/// processing thread between records, for one partition at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// An event's lineage node and at most `depth` of its ancestors, parent first.
+    LineageEvent { event_id: &'a str, depth: usize },
+    /// Dedupe's record of the first copy of an event key: the text of the (single, text) key
+    /// field, the event id by default.
+    DedupeKey { key: &'a str },
+    /// Tail sampling's decision for a trace, or what it holds of it while it is pending.
+    SamplingTrace { trace_id: [u8; 16] },
+}
+
+impl Lookup<'_> {
+    pub fn kind(&self) -> LookupKind {
+        match self {
+            Lookup::LineageEvent { .. } => LookupKind::LineageEvent,
+            Lookup::DedupeKey { .. } => LookupKind::DedupeKey,
+            Lookup::SamplingTrace { .. } => LookupKind::SamplingTrace,
+        }
+    }
+}
+
 /// What became of a record an operator was handed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -176,6 +208,25 @@ pub trait Operator: Send {
     /// metrics). Operators that never hold events keep the default.
     fn waiting(&self, _partition: i32) -> Waiting {
         Waiting::default()
+    }
+
+    /// Whether [`Operator::lookup`] answers lookups of `kind`. Asked without a partition, so the
+    /// engine knows which pipelines could answer even where it holds none of their partitions.
+    fn answers(&self, _kind: LookupKind) -> bool {
+        false
+    }
+
+    /// Answers `lookup` from the partition's hot state and stores, as a JSON object; `None` when
+    /// the partition does not know the key (or the lookup is not for this operator). It runs in
+    /// the middle of a transaction and must not change state: no store writes, nothing emitted,
+    /// no decision taken (a cache of committed values may fill). Answers include the open
+    /// transaction's writes, read through the store's overlay.
+    fn lookup(
+        &mut self,
+        _stores: &mut [PartitionStore],
+        _lookup: &Lookup<'_>,
+    ) -> Result<Option<serde_json::Value>> {
+        Ok(None)
     }
 
     /// The partition was revoked: drop its hot state.

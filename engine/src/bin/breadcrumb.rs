@@ -12,7 +12,7 @@ use breadcrumb_engine::config::{redacted_kafka, EngineConfig, LogFormat};
 use breadcrumb_engine::generate::{self, WorkloadSpec};
 use breadcrumb_engine::http::{self, Health};
 use breadcrumb_engine::metrics::Metrics;
-use breadcrumb_engine::{demo, runtime, topics, verify};
+use breadcrumb_engine::{demo, query, runtime, topics, verify};
 use clap::{Parser, Subcommand};
 use rdkafka::ClientConfig;
 
@@ -389,6 +389,7 @@ fn run_engine(config: EngineConfig) -> anyhow::Result<ExitCode> {
         })
         .context("preparing topics")?;
 
+    let mut query_receiver = None;
     if config.http.enabled {
         let address = config
             .http
@@ -397,8 +398,26 @@ fn run_engine(config: EngineConfig) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("http.listen_address `{}`", config.http.listen_address))?;
         let metrics = metrics.clone();
         let health = health.clone();
+        let (sender, receiver) = query::channel();
+        query_receiver = Some(receiver);
+        let directory: Arc<dyn query::Directory> = Arc::new(query::KafkaDirectory::new(
+            runtime::base_client_config(&config),
+            &config.application_id,
+        ));
+        // Another partitioner places repartitioned keys elsewhere than CRC32 says.
+        let crc32_partitioner = config
+            .kafka
+            .get("partitioner")
+            .is_none_or(|partitioner| partitioner == "consistent_random");
+        let queries = query::QueryService::new(
+            sender,
+            &config.instance_id(),
+            Some(config.http.advertised_address()),
+            Some(directory),
+            crc32_partitioner,
+        );
         runtime.spawn(async move {
-            if let Err(error) = http::serve(address, metrics, health).await {
+            if let Err(error) = http::serve(address, metrics, health, Some(queries)).await {
                 tracing::error!(%error, "Metrics server stopped.");
             }
         });
@@ -424,7 +443,9 @@ fn run_engine(config: EngineConfig) -> anyhow::Result<ExitCode> {
         let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("breadcrumb-engine".to_owned())
-            .spawn(move || runtime::run(config, metrics, health, shutdown))?
+            .spawn(move || {
+                runtime::run_with_queries(config, metrics, health, shutdown, query_receiver)
+            })?
     };
     let result = engine
         .join()

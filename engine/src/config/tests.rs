@@ -324,7 +324,10 @@ format = "cloudevents"
                 .iter()
                 .any(|error| error.starts_with("pipelines.payments.lineage_topic:")),
         "{errors:?}"
+    );
+}
 
+#[test]
 fn config_openlineage_section_gets_named_defaults() {
     assert!(EngineConfig::from_toml(MINIMAL)
         .unwrap()
@@ -366,4 +369,28 @@ fn config_openlineage_problems_name_their_keys() {
         error.contains("openlineage") && error.contains("port"),
         "{error}"
     );
+}
+
+#[test]
+fn config_http_advertised_address_defaults_to_the_listen_address_and_must_be_host_port() {
+    let config = EngineConfig::from_toml(MINIMAL).unwrap();
+    assert_eq!(config.http.advertised_address(), "127.0.0.1:9464");
+    let with = |address: &str| {
+        MINIMAL.replace(
+            "[kafka]",
+            &format!("[http]\nlisten_address = \"0.0.0.0:9464\"\nadvertised_address = \"{address}\"\n\n[kafka]"),
+        )
+    };
+    let config = EngineConfig::from_toml(&with("node-3.breadcrumb:9464")).unwrap();
+    assert_eq!(config.http.advertised_address(), "node-3.breadcrumb:9464");
+    for bad in [
+        "node-3",
+        "node-3:http",
+        ":9464",
+        "http://node-3:9464",
+        "node 3:9464",
+    ] {
+        let error = EngineConfig::from_toml(&with(bad)).unwrap_err().to_string();
+        assert!(error.contains("http.advertised_address"), "{bad}: {error}");
+    }
 }

@@ -7,7 +7,9 @@
 //! operator saw.
 
 use breadcrumb_operators::lineage::Span;
-use breadcrumb_operators::{Disposition, Emitter, Header, Operator, Port, Waiting};
+use breadcrumb_operators::{
+    Disposition, Emitter, Header, Lookup, LookupKind, Operator, Port, Waiting,
+};
 use breadcrumb_schemas::{DecodeErrorClass, Decoder, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::PartitionStore;
 use smallvec::SmallVec;
@@ -207,6 +209,29 @@ impl OperatorChain {
     /// Events held by operator `index` for `partition`.
     pub fn waiting(&self, index: usize, partition: i32) -> Waiting {
         self.operators[index].waiting(partition)
+    }
+
+    /// Whether an operator of the chain answers lookups of `kind`.
+    pub fn answers(&self, kind: LookupKind) -> bool {
+        self.operators.iter().any(|operator| operator.answers(kind))
+    }
+
+    /// Asks the first operator that answers `lookup`'s kind, with its own stores of the
+    /// partition. Reads only (see [`Operator::lookup`]).
+    pub fn lookup(
+        &mut self,
+        stores: &mut [PartitionStore],
+        lookup: &Lookup<'_>,
+    ) -> Result<Option<serde_json::Value>> {
+        let mut stores = stores;
+        for (operator, count) in self.operators.iter_mut().zip(&self.store_counts) {
+            let (own, rest) = stores.split_at_mut(*count);
+            if operator.answers(lookup.kind()) {
+                return Ok(operator.lookup(own, lookup)?);
+            }
+            stores = rest;
+        }
+        Ok(None)
     }
 
     fn each(

@@ -1827,3 +1827,57 @@ fn fatal_unless_retriable(error: KafkaError) -> EngineError {
 fn is_fatal(error: &RDKafkaError) -> bool {
     error.is_fatal()
 }
+
+/// State queries (the HTTP query API, `crate::query`), answered between records.
+impl Core {
+    /// Answers `query` from every restored local partition of the pipelines that can answer
+    /// it. Reads only; a failing lookup is reported in the answer, never fatal to the loop.
+    pub fn answer_query(&mut self, query: &crate::query::Query) -> crate::query::LocalAnswer {
+        let lookup = query.lookup();
+        let mut answer = crate::query::LocalAnswer::default();
+        for (index, pipeline) in self.pipelines.iter_mut().enumerate() {
+            if !pipeline.chain.answers(lookup.kind()) {
+                continue;
+            }
+            let mut local: Vec<i32> = self
+                .tasks
+                .keys()
+                .filter(|(owner, _)| *owner == index)
+                .map(|(_, partition)| *partition)
+                .collect();
+            local.sort_unstable();
+            for &partition in &local {
+                let task = self
+                    .tasks
+                    .get_mut(&(index, partition))
+                    .expect("listed above");
+                match pipeline.chain.lookup(&mut task.stores, &lookup) {
+                    Ok(Some(value)) => answer.found.push(crate::query::Found {
+                        pipeline: pipeline.name.clone(),
+                        partition,
+                        value,
+                    }),
+                    Ok(None) => {}
+                    Err(error) => answer
+                        .errors
+                        .push(format!("{} partition {partition}: {error}", pipeline.name)),
+                }
+            }
+            let dedupe_key_fields = self
+                .config
+                .pipelines
+                .get(&pipeline.name)
+                .map_or(&[][..], |config| config.dedupe.key_fields.as_slice());
+            answer.searched.push(crate::query::Searched {
+                pipeline: pipeline.name.clone(),
+                topic: pipeline.state_topic.clone(),
+                local_partitions: local,
+                routing_key: query.routing_key(
+                    pipeline.repartition.as_ref().map(|(key, _)| *key),
+                    dedupe_key_fields,
+                ),
+            });
+        }
+        answer
+    }
+}

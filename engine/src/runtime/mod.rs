@@ -37,6 +37,7 @@ use crate::http::Health;
 use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
 use crate::openlineage::Emitter;
+use crate::query::{self, QueryReceiver, QUERIES_PER_ITERATION};
 use crate::topics::{self, TopicSpec};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,7 +66,19 @@ fn consumer_config(config: &EngineConfig) -> ClientConfig {
             "queued.max.messages.kbytes",
             config.max_prefetch_kbytes.to_string(),
         )
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // How other instances find this one's query endpoint: DescribeGroups lists every
+        // member's client id with its assignment (see `crate::query`).
+        .set(
+            "client.id",
+            query::member_client_id(
+                &config.instance_id(),
+                config
+                    .http
+                    .enabled
+                    .then(|| config.http.advertised_address()),
+            ),
+        );
     client
 }
 
@@ -182,6 +195,18 @@ pub fn run(
     health: Arc<Health>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<()> {
+    run_with_queries(config, metrics, health, shutdown, None)
+}
+
+/// [`run`], also answering the state queries that arrive on `queries` (a few per loop
+/// iteration, between records).
+pub fn run_with_queries(
+    config: Arc<EngineConfig>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: Arc<AtomicBool>,
+    queries: Option<QueryReceiver>,
+) -> Result<()> {
     std::fs::create_dir_all(&config.state.dir)?;
     let backend = StateBackend::open(
         &config.state.dir,
@@ -209,6 +234,7 @@ pub fn run(
             &shutdown,
             &stall,
             lineage.as_ref(),
+            queries.as_ref(),
         ) {
             Ok(()) => break Ok(()),
             Err(
@@ -243,6 +269,7 @@ fn run_once(
     shutdown: &AtomicBool,
     stall: &StallFlag,
     lineage: Option<&Emitter>,
+    queries: Option<&QueryReceiver>,
 ) -> Result<()> {
     // A stop seen before this run's clients existed concerns the clients just replaced.
     stall.take();
@@ -297,7 +324,7 @@ fn run_once(
         lineage.start();
     }
 
-    let result = process_until_shutdown(&consumer, shutdown);
+    let result = process_until_shutdown(&consumer, shutdown, queries);
     let mut core = consumer.context().core.lock().expect("core lock poisoned");
     match &result {
         Ok(()) => {
@@ -325,6 +352,7 @@ fn run_once(
 fn process_until_shutdown(
     consumer: &BaseConsumer<EngineContext>,
     shutdown: &AtomicBool,
+    queries: Option<&QueryReceiver>,
 ) -> Result<()> {
     let mut schema_backoff = SCHEMA_BACKOFF_INITIAL;
     while !shutdown.load(Ordering::Acquire) {
@@ -373,6 +401,9 @@ fn process_until_shutdown(
             }
         }
         core.maybe_commit(consumer)?;
+        if let Some(queries) = queries {
+            queries.serve(QUERIES_PER_ITERATION, |query| core.answer_query(query));
+        }
     }
     Ok(())
 }

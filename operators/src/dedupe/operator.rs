@@ -2,13 +2,17 @@
 
 use std::collections::HashMap;
 
+use breadcrumb_schemas::envelope::FieldRef;
 use breadcrumb_schemas::{Envelope, RawRecord};
 use breadcrumb_state::{PartitionStore, NO_EXPIRY};
+use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::config::DedupeConfig;
 use super::filter::GenerationalFilter;
-use crate::operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration};
+use crate::operator::{
+    Disposition, Emitter, Header, Lookup, LookupKind, Operator, Port, StoreDeclaration,
+};
 use crate::{OperatorError, Result};
 
 /// Stream time (ms) at which the event was first seen; on first copies and on duplicates.
@@ -374,5 +378,66 @@ impl Operator for Dedupe {
 
     fn close(&mut self) {
         self.partitions.clear();
+    }
+
+    fn answers(&self, kind: LookupKind) -> bool {
+        kind == LookupKind::DedupeKey
+    }
+
+    /// The first copy of a key within the horizon: `{"key", "event_time_ms", "first_seen_ms",
+    /// "expires_at_ms", "first_copy": {"partition", "offset"}, "digest"}`. Only a single key
+    /// field can be asked for by its text; an integer or boolean field by its decimal or
+    /// `true`/`false` form.
+    fn lookup(
+        &mut self,
+        stores: &mut [PartitionStore],
+        lookup: &Lookup<'_>,
+    ) -> Result<Option<serde_json::Value>> {
+        let Lookup::DedupeKey { key: text } = *lookup else {
+            return Ok(None);
+        };
+        if self.config.key_fields.len() != 1 {
+            return Ok(None);
+        }
+        let store = &mut stores[0];
+        // Stream time as the next record would see it: an entry past it counts as gone.
+        let stream_time_ms = self
+            .partitions
+            .get(&store.partition())
+            .map_or(i64::MIN, |state| state.stream_time_ms);
+        // A text field is the usual case; the others are tried when the text reads as one.
+        let mut candidates: SmallVec<[FieldRef<'_>; 2]> = SmallVec::new();
+        candidates.push(FieldRef::Text(text));
+        if let Ok(number) = text.parse::<i64>() {
+            candidates.push(FieldRef::Integer(number));
+        } else if let Ok(flag) = text.parse::<bool>() {
+            candidates.push(FieldRef::Boolean(flag));
+        }
+        let mut key = Vec::with_capacity(text.len() + 8);
+        let mut payload = Vec::with_capacity(PAYLOAD_LEN);
+        for candidate in candidates {
+            key.clear();
+            key.push(EVENT_KEY_TAG);
+            candidate.append_key_bytes(&mut key);
+            let Some(expire_at_ms) = store.get(&key, &mut payload)? else {
+                continue;
+            };
+            if expire_at_ms <= stream_time_ms {
+                continue;
+            }
+            let first = FirstSeen::decode(&payload, &self.name)?;
+            return Ok(Some(serde_json::json!({
+                "key": text,
+                "event_time_ms": first.event_time_ms,
+                "first_seen_ms": first.first_seen_ms,
+                "expires_at_ms": expire_at_ms,
+                "first_copy": {
+                    "partition": first.partition,
+                    "offset": first.offset,
+                },
+                "digest": format!("{:016x}", first.digest),
+            })));
+        }
+        Ok(None)
     }
 }

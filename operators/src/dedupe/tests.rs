@@ -299,3 +299,70 @@ fn dedupe_rejects_event_times_far_from_stream_time_after_a_reopen_too() {
         "within the bound behind the new stream time"
     );
 }
+
+fn lookup(harness: &mut Harness, key: &str) -> Option<serde_json::Value> {
+    harness
+        .operator
+        .lookup(&mut harness.stores, &crate::Lookup::DedupeKey { key })
+        .unwrap()
+}
+
+#[test]
+fn lookup_answers_the_first_copy_within_the_horizon_without_changing_state() {
+    let mut harness = Harness::new(DedupeConfig {
+        ttl_ms: HOUR_MS,
+        ..DedupeConfig::default()
+    });
+    assert!(harness.operator.answers(crate::LookupKind::DedupeKey));
+    assert!(!harness.operator.answers(crate::LookupKind::LineageEvent));
+    assert_eq!(lookup(&mut harness, "pay-1"), None);
+
+    harness.process(10, "pay-1", 1_000, b"amount=5");
+    // Uncommitted: read through the overlay.
+    let first = lookup(&mut harness, "pay-1").unwrap();
+    assert_eq!(first["key"], "pay-1");
+    assert_eq!(first["event_time_ms"], 1_000);
+    assert_eq!(first["first_seen_ms"], 1_000);
+    assert_eq!(first["expires_at_ms"], 1_000 + HOUR_MS);
+    assert_eq!(first["first_copy"]["partition"], 0);
+    assert_eq!(first["first_copy"]["offset"], 10);
+    assert_eq!(
+        first["digest"],
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(b"amount=5"))
+    );
+    harness.commit(10);
+    harness.reopen();
+    assert_eq!(lookup(&mut harness, "pay-1").unwrap(), first);
+
+    // The lookup wrote nothing and the next copy is still a duplicate of offset 10.
+    let retry = harness.process(11, "pay-1", 2_000, b"amount=5");
+    assert_eq!(retry.ports(), vec![Port::Duplicates]);
+    assert_eq!(
+        retry.header(0, DEDUPE_FIRST_OFFSET_HEADER).as_deref(),
+        Some("10")
+    );
+    assert_eq!(lookup(&mut harness, "pay-2"), None);
+
+    // Past the horizon the key counts as new again, and the lookup agrees.
+    harness.process(12, "pay-3", 1_000 + HOUR_MS, b"x");
+    assert_eq!(lookup(&mut harness, "pay-1"), None);
+    assert!(lookup(&mut harness, "pay-3").is_some());
+
+    let other = harness
+        .operator
+        .lookup(
+            &mut harness.stores,
+            &crate::Lookup::SamplingTrace { trace_id: [1; 16] },
+        )
+        .unwrap();
+    assert_eq!(other, None);
+}
+
+#[test]
+fn lookup_of_a_multi_field_key_is_not_answered() {
+    let mut harness = Harness::new(DedupeConfig {
+        key_fields: vec!["id".to_owned(), "source".to_owned()],
+        ..DedupeConfig::default()
+    });
+    assert_eq!(lookup(&mut harness, "pay-1"), None);
+}

@@ -602,6 +602,55 @@ impl Edge<'_> {
     }
 }
 
+/// Lower-case hex of an id, as `traceparent` writes it.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
+}
+
+impl Node {
+    /// The node as the HTTP query API answers it. A side still waiting has `resolution: null`;
+    /// `parent.state` is `none` (no causation id), `pending`, or how the link ended.
+    pub fn to_json(&self, event_id: &str) -> serde_json::Value {
+        let (trace_id, span_id) = match &self.trace {
+            Some((trace, span)) => (Some(hex(trace)), Some(hex(span))),
+            None => (None, None),
+        };
+        let (parent_state, parent_orphan) = match self.parent {
+            ParentSide::None => ("none", false),
+            ParentSide::Pending => ("pending", false),
+            ParentSide::Settled { resolution, orphan } => (resolution.as_str(), orphan),
+        };
+        serde_json::json!({
+            "event_id": event_id,
+            "event_type": &*self.event_type,
+            "source": &*self.source,
+            "event_time_ms": self.event_time_ms,
+            "seen_at_ms": self.seen_at_ms,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "span": {
+                "resolution": self.span.resolution.map(Resolution::as_str),
+                "orphan": self.span.orphan.map(OrphanReason::as_str),
+                "service": self.span.service.as_deref(),
+                "operation": self.span.operation.as_deref(),
+                "root_span_id": self.span.root_span_id.as_ref().map(|id| hex(id)),
+                "root_service": self.span.root_service.as_deref(),
+            },
+            "parent_event_id": (!self.causation_id.is_empty()).then_some(&*self.causation_id),
+            "parent": {
+                "state": parent_state,
+                "orphan": parent_orphan,
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1202,6 +1202,34 @@ impl Operator for Lineage {
     fn close(&mut self) {
         self.partitions.clear();
     }
+
+    fn answers(&self, kind: crate::LookupKind) -> bool {
+        kind == crate::LookupKind::LineageEvent
+    }
+
+    /// `{"event": node, "ancestors": [node, ...]}`, parent first; see [`Node::to_json`].
+    fn lookup(
+        &mut self,
+        stores: &mut [PartitionStore],
+        lookup: &crate::Lookup<'_>,
+    ) -> Result<Option<serde_json::Value>> {
+        let crate::Lookup::LineageEvent { event_id, depth } = *lookup else {
+            return Ok(None);
+        };
+        // `query` only reads: a node it loads joins the hot cache clean, as a record's lookup
+        // would, and the checkpoint trims that cache as usual.
+        let Some(entries) = self.query(stores, event_id, depth)? else {
+            return Ok(None);
+        };
+        let mut nodes = entries
+            .iter()
+            .map(|entry| entry.node.to_json(&entry.event_id));
+        let event = nodes.next().unwrap_or_default();
+        Ok(Some(serde_json::json!({
+            "event": event,
+            "ancestors": nodes.collect::<Vec<_>>(),
+        })))
+    }
 }
 
 /// Where the event entered breadcrumb (behind the repartition topic, its source headers).

@@ -537,3 +537,77 @@ fn spans_over_budget_are_forgotten_oldest_first() {
     harness.feed(&span(9, 1, None, "clock", 1_003 + WINDOW_MS), &mut seen);
     assert_eq!(seen.edges[0].orphan.as_deref(), Some("root_span_not_seen"));
 }
+
+#[test]
+fn lookup_answers_the_node_and_its_ancestors_as_json() {
+    let mut harness = Harness::new(config());
+    assert!(harness.operator.answers(crate::LookupKind::LineageEvent));
+    assert!(!harness.operator.answers(crate::LookupKind::SamplingTrace));
+    let lookup = |harness: &mut Harness, event_id: &str, depth: usize| {
+        harness
+            .operator
+            .lookup(
+                &mut harness.stores,
+                &crate::Lookup::LineageEvent { event_id, depth },
+            )
+            .unwrap()
+    };
+    // Held, waiting for its spans: the node is known, its sides not decided yet.
+    harness.run(&chain()[..3]);
+    let waiting = lookup(&mut harness, "invoice-1", 3).unwrap();
+    assert_eq!(
+        waiting["event"]["span"]["resolution"],
+        serde_json::Value::Null
+    );
+    assert_eq!(waiting["event"]["parent_event_id"], "payment-1");
+    let before = harness.waiting();
+
+    harness.run(&chain()[3..]);
+    for restart in [false, true] {
+        if restart {
+            harness.commit();
+            harness.reopen();
+        }
+        let answer = lookup(&mut harness, "invoice-1", 3).unwrap();
+        let event = &answer["event"];
+        assert_eq!(event["event_id"], "invoice-1");
+        assert_eq!(event["event_type"], "type-of-invoice-1");
+        assert_eq!(event["trace_id"], "11".repeat(15) + "01");
+        assert_eq!(event["span_id"], "22".repeat(7) + "04");
+        assert_eq!(event["span"]["resolution"], "complete");
+        assert_eq!(event["span"]["orphan"], serde_json::Value::Null);
+        assert_eq!(event["span"]["service"], "billing");
+        assert_eq!(event["span"]["operation"], "op-4");
+        assert_eq!(event["span"]["root_span_id"], "22".repeat(7) + "01");
+        assert_eq!(event["span"]["root_service"], "gateway");
+        assert_eq!(event["parent_event_id"], "payment-1");
+        assert_eq!(event["parent"]["state"], "complete");
+        assert_eq!(event["parent"]["orphan"], false);
+        let ancestors: Vec<&str> = answer["ancestors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|node| node["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ancestors, ["payment-1", "order-1"]);
+        assert_eq!(
+            answer["ancestors"][1]["parent_event_id"],
+            serde_json::Value::Null
+        );
+        assert_eq!(
+            lookup(&mut harness, "invoice-1", 1).unwrap()["ancestors"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(lookup(&mut harness, "nope", 3), None);
+    }
+    assert_eq!(before.events, 3);
+    assert_eq!(harness.waiting().events, 0);
+    let other = harness
+        .operator
+        .lookup(&mut harness.stores, &crate::Lookup::DedupeKey { key: "x" })
+        .unwrap();
+    assert_eq!(other, None);
+}

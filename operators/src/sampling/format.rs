@@ -6,12 +6,13 @@
 //! - `F` + trace id + fragment number (u32 BE): `[1][bytes]`, the spans a commit added to a
 //!   pending trace, as an `ExportTraceServiceRequest` encoding; a trace's buffer is its fragments
 //!   concatenated in number order.
-//! - `D` + trace id: [`StoredDecision`], expiring `decision_ttl_ms` of event time after it was
+//! - `D` + trace id: [`StoredDecision`] (with its policy's name), expiring `decision_ttl_ms` of event time after it was
 //!   made.
 //!
 //! Every payload starts with a version byte; a version this build does not know is an error.
 
 use breadcrumb_schemas::otlp::{TraceId, TRACE_ID_LEN};
+use smallvec::SmallVec;
 
 use super::policy::{RateState, TraceSummary};
 use crate::persist::corrupt;
@@ -170,7 +171,11 @@ impl Completion {
     }
 }
 
-/// A decision remembered for late spans.
+/// A decision remembered for late spans (and for the HTTP query API).
+///
+/// Version 1: `[1][keep][completion][decided_at_ms]`. Version 2 appends the deciding policy's
+/// name (`[len u8][UTF-8]`, cut at 255 bytes), so a query can say which policy decided; version
+/// 1 payloads still decode, with no policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredDecision {
     pub keep: bool,
@@ -178,29 +183,63 @@ pub struct StoredDecision {
     pub decided_at_ms: i64,
 }
 
+const DECISION_VERSION_WITH_POLICY: u8 = 2;
+/// Longest policy name stored with a decision, bytes.
+const MAX_STORED_POLICY_BYTES: usize = 255;
+
 impl StoredDecision {
-    pub fn encode(&self) -> [u8; 11] {
-        let mut out = [0u8; 11];
-        out[0] = VERSION;
-        out[1] = u8::from(self.keep);
-        out[2] = self.completion.code();
-        out[3..].copy_from_slice(&self.decided_at_ms.to_be_bytes());
+    /// Encodes the decision with its policy's name; fits on the stack for names up to 52 bytes.
+    pub fn encode(&self, policy: &str) -> SmallVec<[u8; 64]> {
+        let mut cut = policy.len().min(MAX_STORED_POLICY_BYTES);
+        while !policy.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut out = SmallVec::new();
+        out.push(DECISION_VERSION_WITH_POLICY);
+        out.push(u8::from(self.keep));
+        out.push(self.completion.code());
+        out.extend_from_slice(&self.decided_at_ms.to_be_bytes());
+        out.push(cut as u8);
+        out.extend_from_slice(&policy.as_bytes()[..cut]);
         out
     }
 
     pub fn decode(payload: &[u8], operator: &str) -> Result<Self> {
-        check_version(payload, operator)?;
+        Self::decode_with_policy(payload, operator).map(|(decision, _)| decision)
+    }
+
+    /// The decision and, from version 2 on, its policy's name.
+    pub fn decode_with_policy<'a>(
+        payload: &'a [u8],
+        operator: &str,
+    ) -> Result<(Self, Option<&'a str>)> {
+        let version = match payload.first() {
+            Some(&DECISION_VERSION_WITH_POLICY) => DECISION_VERSION_WITH_POLICY,
+            _ => {
+                check_version(payload, operator)?;
+                VERSION
+            }
+        };
         let mut cursor = Cursor {
             rest: &payload[1..],
         };
-        (|| {
+        let decision = (|| {
             Some(Self {
                 keep: cursor.u8()? != 0,
                 completion: Completion::from_code(cursor.u8()?)?,
                 decided_at_ms: cursor.i64()?,
             })
         })()
-        .ok_or_else(|| corrupt(operator, "truncated decision"))
+        .ok_or_else(|| corrupt(operator, "truncated decision"))?;
+        if version == VERSION {
+            return Ok((decision, None));
+        }
+        let policy = cursor
+            .u8()
+            .and_then(|len| cursor.rest.get(..usize::from(len)))
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .ok_or_else(|| corrupt(operator, "truncated decision policy"))?;
+        Ok((decision, Some(policy)))
     }
 }
 
@@ -280,10 +319,25 @@ mod tests {
             completion: Completion::Forced,
             decided_at_ms: 42,
         };
+        let encoded = decision.encode("errors");
         assert_eq!(
-            StoredDecision::decode(&decision.encode(), "op").unwrap(),
-            decision
+            StoredDecision::decode_with_policy(&encoded, "op").unwrap(),
+            (decision, Some("errors"))
         );
+        assert!(!encoded.spilled(), "a short policy name stays on the stack");
+        assert!(StoredDecision::decode(&encoded[..encoded.len() - 1], "op").is_err());
+        // Version 1 (no policy) still decodes.
+        let mut v1 = vec![1, 1, Completion::Forced.code()];
+        v1.extend_from_slice(&42i64.to_be_bytes());
+        assert_eq!(
+            StoredDecision::decode_with_policy(&v1, "op").unwrap(),
+            (decision, None)
+        );
+        // A name longer than 255 bytes is cut at a character boundary.
+        let long = "é".repeat(200);
+        let encoded = decision.encode(&long);
+        let (_, policy) = StoredDecision::decode_with_policy(&encoded, "op").unwrap();
+        assert_eq!(policy.map(str::len), Some(254));
 
         let meta = PartitionMeta {
             watermark_ms: 99,

@@ -20,7 +20,9 @@ use super::format::{
 };
 use super::metrics::{ResolvedMetrics, SamplingMetrics};
 use super::policy::{LineageReferences, Policies, RateState, Subject, TraceSummary, Verdict};
-use crate::operator::{Disposition, Emitter, Header, Operator, Port, StoreDeclaration, Waiting};
+use crate::operator::{
+    Disposition, Emitter, Header, Lookup, LookupKind, Operator, Port, StoreDeclaration, Waiting,
+};
 use crate::{OperatorError, Result};
 
 /// On sampled spans and decision records: the deciding policy.
@@ -567,7 +569,7 @@ impl PartitionState {
         store.put(
             key,
             now.saturating_add(shared.config.decision_ttl_ms),
-            &stored.encode(),
+            &stored.encode(&shared.policies.decider_names()[decider]),
             offset,
         );
         self.counts.decisions[decider][usize::from(verdict.keep)] += 1;
@@ -810,5 +812,61 @@ impl Operator for Sampling {
 
     fn close(&mut self) {
         self.partitions.clear();
+    }
+
+    fn answers(&self, kind: LookupKind) -> bool {
+        kind == LookupKind::SamplingTrace
+    }
+
+    /// A decided trace: `{"trace_id", "decision": "keep"|"drop", "policy", "completion",
+    /// "decided_at_ms", "expires_at_ms"}` while the decision is remembered (`decision_ttl_ms`);
+    /// a pending one: `{"trace_id", "decision": "pending", "span_count", "buffered_bytes",
+    /// "first_seen_ms", "last_seen_ms", "deadline_ms", "root_seen"}`.
+    fn lookup(
+        &mut self,
+        stores: &mut [PartitionStore],
+        lookup: &Lookup<'_>,
+    ) -> Result<Option<serde_json::Value>> {
+        let Lookup::SamplingTrace { trace_id } = *lookup else {
+            return Ok(None);
+        };
+        let store = &mut stores[0];
+        let Some(state) = self.partitions.get(&store.partition()) else {
+            return Ok(None);
+        };
+        let hex = trace_id_hex(&trace_id);
+        let hex = std::str::from_utf8(&hex).expect("hex is ASCII");
+        if let Some(pending) = state.pending.get(&trace_id) {
+            let summary = &pending.summary;
+            return Ok(Some(serde_json::json!({
+                "trace_id": hex,
+                "decision": "pending",
+                "span_count": summary.span_count,
+                "buffered_bytes": pending.bytes.len(),
+                "first_seen_ms": summary.first_seen_ms,
+                "last_seen_ms": summary.last_seen_ms,
+                "deadline_ms": pending.deadline_ms,
+                "root_seen": summary.root_seen,
+            })));
+        }
+        let mut key = Vec::with_capacity(1 + trace_id.len());
+        trace_key(DECISION_TAG, &trace_id, &mut key);
+        let mut payload = Vec::new();
+        match store.get(&key, &mut payload)? {
+            // The same test `ingest` applies: an expired decision no longer governs the trace.
+            Some(expire_at_ms) if expire_at_ms > state.watermark_ms => {
+                let (decided, policy) =
+                    StoredDecision::decode_with_policy(&payload, &self.shared.name)?;
+                Ok(Some(serde_json::json!({
+                    "trace_id": hex,
+                    "decision": if decided.keep { "keep" } else { "drop" },
+                    "policy": policy,
+                    "completion": decided.completion.as_str(),
+                    "decided_at_ms": decided.decided_at_ms,
+                    "expires_at_ms": expire_at_ms,
+                })))
+            }
+            _ => Ok(None),
+        }
     }
 }

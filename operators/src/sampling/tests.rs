@@ -897,3 +897,65 @@ fn otlp_json_batches_are_sampled_like_protobuf_ones() {
         vec![([1; 16], [0, 0, 0, 0, 0, 0, 0, 1])]
     );
 }
+
+fn lookup_trace(harness: &mut Harness, trace: u8) -> Option<serde_json::Value> {
+    harness
+        .operator
+        .lookup(
+            &mut harness.stores,
+            &crate::Lookup::SamplingTrace {
+                trace_id: [trace; 16],
+            },
+        )
+        .unwrap()
+}
+
+#[test]
+fn lookup_answers_pending_then_the_decision_with_its_policy_until_it_expires() {
+    let mut harness = Harness::new(SamplingConfig {
+        decision_ttl_ms: 5_000,
+        ..config(vec![always()])
+    });
+    assert!(harness.operator.answers(crate::LookupKind::SamplingTrace));
+    assert!(!harness.operator.answers(crate::LookupKind::DedupeKey));
+    assert_eq!(lookup_trace(&mut harness, 1), None, "never seen");
+
+    harness.feed(request(vec![span(1, 1, None, 0, 300)]));
+    let pending = lookup_trace(&mut harness, 1).unwrap();
+    assert_eq!(pending["decision"], "pending");
+    assert_eq!(pending["trace_id"], "01".repeat(16));
+    assert_eq!(pending["span_count"], 1);
+    assert_eq!(pending["deadline_ms"], 1_300);
+    assert_eq!(pending["root_seen"], true);
+
+    harness.feed(tick(1_300));
+    // Decided in the open transaction: the lookup reads through the overlay.
+    let decided = lookup_trace(&mut harness, 1).unwrap();
+    assert_eq!(decided["decision"], "keep");
+    assert_eq!(decided["policy"], "all");
+    assert_eq!(decided["completion"], "quiet_period");
+    assert_eq!(decided["decided_at_ms"], 1_300);
+    assert_eq!(decided["expires_at_ms"], 6_300);
+    harness.commit();
+    harness.restart();
+    assert_eq!(
+        lookup_trace(&mut harness, 1).unwrap(),
+        decided,
+        "from the store"
+    );
+
+    // Looking up changed nothing: the same commit as without it.
+    let before = harness.committed.len();
+    harness.feed(tick(6_299));
+    harness.commit();
+    assert_eq!(harness.committed.len(), before);
+    assert_eq!(lookup_trace(&mut harness, 1).unwrap()["decision"], "keep");
+    harness.feed(tick(6_300));
+    assert_eq!(lookup_trace(&mut harness, 1), None, "the decision expired");
+
+    let other = harness
+        .operator
+        .lookup(&mut harness.stores, &crate::Lookup::DedupeKey { key: "x" })
+        .unwrap();
+    assert_eq!(other, None);
+}
