@@ -576,10 +576,9 @@ fn mock_slow_brokers_and_retriable_errors_are_ridden_out() -> Result<()> {
             .map(|_| codes[fixture.rng.random_range(0..codes.len())])
             .collect();
         injected += errors.len() as u64;
-        fixture.chunk_with(
-            &format!("retriable {api:?} errors"),
-            |mock| mock.request_errors(api, &errors),
-        )?;
+        fixture.chunk_with(&format!("retriable {api:?} errors"), |mock| {
+            mock.request_errors(api, &errors)
+        })?;
     }
     // A slow coordinator that fails too: each EndTxn answered with a retriable error after
     // 300 to 800 ms.
@@ -654,10 +653,9 @@ fn mock_abortable_errors_abort_rewind_and_commit_exactly_once() -> Result<()> {
     let mut injected = 0;
     for (api, error) in order {
         let aborted_before = fixture.engine().transactions("aborted");
-        fixture.chunk_with(
-            &format!("{api:?} {error:?}"),
-            |mock| mock.request_errors(api, &[error]),
-        )?;
+        fixture.chunk_with(&format!("{api:?} {error:?}"), |mock| {
+            mock.request_errors(api, &[error])
+        })?;
         injected += 1;
         let aborted = fixture.engine().transactions("aborted") - aborted_before;
         println!("{api:?} answered {error:?}: {aborted} transaction(s) aborted");
