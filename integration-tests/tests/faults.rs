@@ -3,9 +3,12 @@
 //! Faults: SIGKILL of the engine (some inside a commit, through the test-only commit-delay
 //! hook), a broker restart on SQLite storage, a deleted state directory, rebalances between two
 //! instances (1 → 2 → 1) and a paused (SIGSTOP) instance resumed after its partitions moved.
-//! Invariants, checked by [`check_invariants`] after every scenario: no loss, no duplicates,
-//! per-key order, dead letters exactly once, the reconciliation ledger consistent with the
-//! topics. Each test prints a table of faults × invariants with counts (run with
+//! Invariants, checked by the shared verifier (`common/invariants.rs`) after every scenario: no
+//! loss, no duplicates, per-key order, dead letters exactly once, the reconciliation ledger
+//! consistent with the topics, the last instance's RocksDB state equal to the state rebuilt
+//! from the changelogs' committed records, and no planted canary (an e-mail address the PII rule
+//! tokenizes, a secret in a redacted `[kafka]` key, the PII key) in the engines' logs or
+//! `/metrics`. Each test prints a table of faults × invariants with counts (run with
 //! `--nocapture`).
 //!
 //! Short in CI; `BREADCRUMB_SOAK=1` runs 200 kills instead of 20. `BREADCRUMB_FAULT_SEED`
@@ -13,17 +16,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use breadcrumb_engine::generate::{RecordKind, Workload, WorkloadSpec, CLOUDEVENTS_JSON};
 use breadcrumb_engine::runtime::COMMIT_DELAY_ENV;
-use breadcrumb_integration_tests::{
-    consume_all, create_topics, produce, Broker, ConsumedRecord, Storage, TestRecord,
-};
-use common::{committed_transactions, verify, verify_ledger, EngineProcess, Scenario};
+use breadcrumb_integration_tests::{create_topics, Broker, Storage};
+use common::invariants::{check_invariants, plant_canaries, print_table, Input, Row};
+use common::{free_port, scrape_metrics, EngineProcess, Scenario};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -47,50 +47,9 @@ fn seed(default: u64) -> u64 {
     seed
 }
 
-/// The input: a deterministic payments workload with duplicates, conflicts and poison, handed
-/// out in chunks as the scenario goes on.
-struct Input {
-    workload: Workload,
-    produced: u64,
-    poison: u64,
-}
-
-impl Input {
-    fn new(seed: u64, records: u64) -> Self {
-        Self {
-            workload: Workload::new(WorkloadSpec {
-                records,
-                duplicate_percent: 5.0,
-                conflict_percent: 0.5,
-                poison_percent: 0.5,
-                accounts: 120,
-                seed,
-                ..WorkloadSpec::default()
-            }),
-            produced: 0,
-            poison: 0,
-        }
-    }
-
-    fn produce(&mut self, scenario: &Scenario, count: usize) -> Result<()> {
-        let mut records = Vec::with_capacity(count);
-        for record in self.workload.by_ref().take(count) {
-            if record.kind == RecordKind::Poison {
-                self.poison += 1;
-            }
-            records.push(
-                TestRecord::new(record.key, record.value).header("content-type", CLOUDEVENTS_JSON),
-            );
-        }
-        self.produced += records.len() as u64;
-        produce(&scenario.bootstrap, &scenario.input_topic, &records)?;
-        Ok(())
-    }
-}
-
 /// An ordering pipeline (dedupe, then per-account order) with a short session timeout so
-/// partitions of a killed or paused instance move on quickly.
-fn scenario(broker: &Broker, name: &str) -> Scenario {
+/// partitions of a killed or paused instance move on quickly. Canaries planted.
+fn scenario(broker: &Broker, name: &str, dir: &Path) -> Result<Scenario> {
     let mut scenario = Scenario::new(&broker.bootstrap(), name);
     scenario.commit_interval_ms = 50;
     scenario.session_timeout_ms = Some(6_000);
@@ -100,186 +59,8 @@ first_sequence = 1
 gap_timeout_ms = 20000
 "#
     .to_owned();
-    scenario
-}
-
-/// Violations found per invariant.
-#[derive(Debug, Default, Clone)]
-struct Invariants {
-    lost: u64,
-    duplicated: u64,
-    out_of_order: u64,
-    dead_letters_wrong: u64,
-    ledger_violations: u64,
-    output_events: u64,
-    details: Vec<String>,
-}
-
-impl Invariants {
-    fn total(&self) -> u64 {
-        self.lost
-            + self.duplicated
-            + self.out_of_order
-            + self.dead_letters_wrong
-            + self.ledger_violations
-    }
-}
-
-fn number_after(report: &str, label: &str) -> u64 {
-    report
-        .split(label)
-        .nth(1)
-        .and_then(|rest| {
-            rest.trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-        })
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or(0)
-}
-
-fn committed(
-    scenario: &Scenario,
-    topic: &str,
-    journals: &[PathBuf],
-    min: usize,
-) -> Result<Vec<ConsumedRecord>> {
-    let committed = committed_transactions(journals)?;
-    Ok(
-        consume_all(&scenario.bootstrap, topic, min, Duration::from_secs(30))?
-            .into_iter()
-            .filter(|record| {
-                record
-                    .header("breadcrumb-txn")
-                    .is_some_and(|txn| committed.contains(&txn))
-            })
-            .collect(),
-    )
-}
-
-/// The one verifier every scenario ends with.
-fn check_invariants(
-    scenario: &Scenario,
-    config: &Path,
-    journals: &[PathBuf],
-    input: &Input,
-) -> Result<Invariants> {
-    let mut found = Invariants::default();
-    let (_, report) = verify(config, journals)?;
-    ensure!(
-        report.contains("exactly once:"),
-        "verify did not run:\n{report}"
-    );
-    found.lost = number_after(&report, "lost ");
-    found.duplicated = number_after(&report, "duplicated ");
-    found.lost += number_after(&report, "unexpected ");
-    if found.lost + found.duplicated > 0 {
-        found.details.push(report);
-    }
-
-    // Per-key order: in each output partition, every account's sequences strictly increase.
-    let output = committed(scenario, &scenario.output_topic, journals, 1)?;
-    found.output_events = output.len() as u64;
-    let mut last: BTreeMap<String, u64> = BTreeMap::new();
-    for record in &output {
-        let event: serde_json::Value =
-            serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
-        let subject = event["subject"].as_str().unwrap_or_default().to_owned();
-        let sequence: u64 = event["sequence"].as_str().unwrap_or("0").parse()?;
-        if let Some(previous) = last.insert(subject.clone(), sequence) {
-            if sequence <= previous {
-                found.out_of_order += 1;
-                found
-                    .details
-                    .push(format!("{subject}: {sequence} after {previous}"));
-            }
-        }
-    }
-
-    // Dead letters exactly once: one per poison record, each source offset once.
-    let dead_letters = committed(
-        scenario,
-        &scenario.dead_letter_topic,
-        journals,
-        input.poison as usize,
-    )?;
-    let coordinates: BTreeSet<(String, String)> = dead_letters
-        .iter()
-        .map(|record| {
-            (
-                record
-                    .header("breadcrumb-source-partition")
-                    .unwrap_or_default(),
-                record
-                    .header("breadcrumb-source-offset")
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
-    let repeated = dead_letters.len() as u64 - coordinates.len() as u64;
-    let missing = input.poison.saturating_sub(coordinates.len() as u64);
-    let extra = (coordinates.len() as u64).saturating_sub(input.poison);
-    found.dead_letters_wrong = repeated + missing + extra;
-    if found.dead_letters_wrong > 0 {
-        found.details.push(format!(
-            "dead letters: {} records, {} distinct, {} poison produced",
-            dead_letters.len(),
-            coordinates.len(),
-            input.poison
-        ));
-    }
-
-    let (_, ledger) = verify_ledger(config, journals)?;
-    ensure!(
-        ledger.contains("ledger:"),
-        "ledger check did not run:\n{ledger}"
-    );
-    found.ledger_violations = ledger
-        .lines()
-        .filter(|line| line.starts_with("violation"))
-        .count() as u64;
-    if found.ledger_violations > 0 {
-        found.details.extend(
-            ledger
-                .lines()
-                .filter(|line| line.starts_with("violation"))
-                .take(20)
-                .map(str::to_owned),
-        );
-    }
-    Ok(found)
-}
-
-/// One row of the faults × invariants table.
-struct Row {
-    fault: &'static str,
-    runs: u64,
-    injected: u64,
-}
-
-fn print_table(title: &str, rows: &[Row], events: u64, found: &Invariants) {
-    println!(
-        "\n{title}: {events} input events, {} committed output events",
-        found.output_events
-    );
-    println!(
-        "| fault | runs | injected | lost | duplicated | out of order | dead letters wrong | ledger violations |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for row in rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            row.fault,
-            row.runs,
-            row.injected,
-            found.lost,
-            found.duplicated,
-            found.out_of_order,
-            found.dead_letters_wrong,
-            found.ledger_violations
-        );
-    }
-    println!("(invariants are checked once over the whole scenario, so each row shows its totals)");
+    plant_canaries(&mut scenario, dir)?;
+    Ok(scenario)
 }
 
 /// Waits until the engine started at `since` has committed something (the group's committed
@@ -307,7 +88,9 @@ fn faults_seeded_sigkills_broker_restart_and_lost_state_keep_every_invariant() -
     let mut rng = StdRng::seed_from_u64(seed(0x5eed_0001));
     let dir = tempfile::TempDir::new()?;
     let mut broker = Broker::start(Storage::Sqlite(dir.path().join("nisshi").join("broker.db")))?;
-    let mut scenario = scenario(&broker, "faults-kill");
+    let mut scenario = scenario(&broker, "faults-kill", dir.path())?;
+    let http_port = free_port()?;
+    scenario.http_port = Some(http_port);
     // A restarted instance takes its own place in the group at once instead of waiting for its
     // dead predecessor's session to expire.
     scenario.static_membership = true;
@@ -370,10 +153,22 @@ fn faults_seeded_sigkills_broker_restart_and_lost_state_keep_every_invariant() -
     let consumed = scenario.wait_until_consumed(CONSUME_TIMEOUT);
     let tail = engine.log_tail(60);
     consumed.with_context(|| tail.clone())?;
+    let metrics = scrape_metrics(http_port)?;
     ensure!(engine.stop()?.success(), "{tail}");
     let elapsed = started.elapsed();
 
-    let found = check_invariants(&scenario, &config, &[journal], &input)?;
+    let journals = [journal];
+    let mut found = check_invariants(&scenario, &config, &journals, &input)?;
+    found.check_state(
+        &config,
+        &scenario.state_dir(dir.path(), "a"),
+        &journals,
+        None,
+    )?;
+    found.check_canaries(&[
+        ("the engine log", &std::fs::read_to_string(&log)?),
+        ("/metrics", &metrics),
+    ]);
     let runs = kills + 1;
     print_table(
         &format!("SIGKILL scenario ({runs} runs, {:.0?})", elapsed),
@@ -403,26 +198,23 @@ fn faults_seeded_sigkills_broker_restart_and_lost_state_keep_every_invariant() -
         &found,
     );
     println!("{delayed} runs had the commit-delay hook on");
-    ensure!(
-        found.total() == 0,
-        "invariants violated: {found:?}\n{}",
-        found.details.join("\n")
-    );
-    ensure!(found.output_events > 0);
-    Ok(())
+    found.ensure_none()
 }
 
 #[test]
 fn faults_rebalances_and_a_paused_instance_is_fenced() -> Result<()> {
     let dir = tempfile::TempDir::new()?;
     let broker = Broker::start(Storage::Sqlite(dir.path().join("nisshi").join("broker.db")))?;
-    let scenario = scenario(&broker, "faults-group");
+    let mut scenario = scenario(&broker, "faults-group", dir.path())?;
     create_topics(
         &scenario.bootstrap,
         &[(&scenario.input_topic, GROUP_PARTITIONS)],
         false,
     )?;
+    let http_port = free_port()?;
+    scenario.http_port = Some(http_port);
     let config_a = scenario.write_config(dir.path(), "a")?;
+    scenario.http_port = None;
     let config_b = scenario.write_config(dir.path(), "b")?;
     let journals = [
         scenario.journal(dir.path(), "a"),
@@ -518,6 +310,7 @@ fn faults_rebalances_and_a_paused_instance_is_fenced() -> Result<()> {
             )
         })?;
     let tail = engine_a.log_tail(60);
+    let metrics = scrape_metrics(http_port)?;
     ensure!(engine_a.stop()?.success(), "{tail}");
 
     // The zombie's transaction open at the pause never committed.
@@ -531,7 +324,19 @@ fn faults_rebalances_and_a_paused_instance_is_fenced() -> Result<()> {
     let a_log = std::fs::read_to_string(&log_a)?;
     let aborted_in_doubt = a_log.matches("aborting it instead of committing").count();
     let stops_seen = a_log.matches("The process was stopped").count();
-    let found = check_invariants(&scenario, &config_a, &journals, &input)?;
+    let mut found = check_invariants(&scenario, &config_a, &journals, &input)?;
+    // A owns every partition again: its state must be what the changelogs say.
+    found.check_state(
+        &config_a,
+        &scenario.state_dir(dir.path(), "a"),
+        &journals,
+        None,
+    )?;
+    found.check_canaries(&[
+        ("a's log", &a_log),
+        ("b's log", &std::fs::read_to_string(&log_b)?),
+        ("a's /metrics", &metrics),
+    ]);
     print_table(
         "group scenario (2 instances)",
         &[
@@ -567,10 +372,5 @@ fn faults_rebalances_and_a_paused_instance_is_fenced() -> Result<()> {
         zombie_commits == 0,
         "the paused instance committed its open transaction after its partitions moved"
     );
-    ensure!(
-        found.total() == 0,
-        "invariants violated: {found:?}\n{}",
-        found.details.join("\n")
-    );
-    Ok(())
+    found.ensure_none()
 }

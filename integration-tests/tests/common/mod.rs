@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod invariants;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -405,4 +407,25 @@ pub fn committed_transactions(journals: &[PathBuf]) -> Result<std::collections::
         );
     }
     Ok(committed)
+}
+
+/// A free loopback port (for an engine's `/metrics`).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `GET /metrics` from an engine's HTTP endpoint on `port`.
+pub fn scrape_metrics(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    anyhow::ensure!(
+        text.contains("breadcrumb_events_in_total"),
+        "not a metrics page: {text}"
+    );
+    Ok(text)
 }

@@ -1,0 +1,472 @@
+//! The one verifier of the fault suites (`faults.rs` on Nisshi, `mock_faults.rs` on librdkafka's
+//! mock cluster): the input they produce, the invariants they check and the table they print.
+//!
+//! Invariants: no loss, no duplicates, per-key order, dead letters exactly once, the
+//! reconciliation ledger consistent with the topics (all through `breadcrumb verify`), local
+//! RocksDB state equal to the state rebuilt from the changelogs' committed records, and no
+//! planted canary (personal data, a secret, the PII key) in the engine's logs or `/metrics`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use breadcrumb_engine::config::EngineConfig;
+use breadcrumb_engine::generate::{RecordKind, Workload, WorkloadSpec, CLOUDEVENTS_JSON};
+use breadcrumb_engine::runtime::pipeline::declared_store_names;
+use breadcrumb_integration_tests::{
+    consume_all, partition_count, produce, ConsumedRecord, TestRecord,
+};
+use breadcrumb_state::{StateBackend, StateOptions, StoredValue};
+
+use super::{committed_transactions, verify, verify_ledger, Scenario};
+
+/// Personal data planted in every event (`data.email`), tokenized by the scenario's PII rule.
+pub const EMAIL_CANARY: &str = "canary.payer.5d1a@example.org";
+/// A secret in a redacted `[kafka]` key.
+pub const SECRET_CANARY: &str = "canary-secret-77f3e0";
+/// The PII rule's HMAC key (it must not leak either).
+pub const PII_KEY_CANARY: &str = "canary-pii-key-0b9c4a8e";
+
+/// What the fault scenarios plant, for [`Invariants::check_canaries`].
+pub const CANARIES: [&str; 3] = [EMAIL_CANARY, SECRET_CANARY, PII_KEY_CANARY];
+
+/// Points `scenario` at the canaries: a PII rule tokenizing `data.email` (key file under `dir`)
+/// and a secret in a redacted librdkafka key (`sasl.password` is read by librdkafka only when a
+/// SASL mechanism is in use, so on a plaintext connection it is inert but still configured).
+pub fn plant_canaries(scenario: &mut Scenario, dir: &Path) -> Result<()> {
+    let key_file = dir.join("pii-key");
+    std::fs::write(&key_file, format!("{PII_KEY_CANARY}\n"))?;
+    scenario
+        .kafka_toml
+        .push_str(&format!("\n\"sasl.password\" = \"{SECRET_CANARY}\"\n"));
+    scenario.extra_toml.push_str(&format!(
+        r#"
+[pipelines.payments.pii]
+key_file = "{}"
+fields = [{{ path = "/data/email", action = "tokenize" }}]
+"#,
+        key_file.display()
+    ));
+    Ok(())
+}
+
+/// The input: a deterministic payments workload with duplicates, conflicts and poison, handed
+/// out in chunks as a scenario goes on. Every JSON event carries [`EMAIL_CANARY`] (per account,
+/// so copies of an event stay byte-identical).
+pub struct Input {
+    workload: Workload,
+    pub produced: u64,
+    pub poison: u64,
+}
+
+impl Input {
+    pub fn new(seed: u64, records: u64) -> Self {
+        Self {
+            workload: Workload::new(WorkloadSpec {
+                records,
+                duplicate_percent: 5.0,
+                conflict_percent: 0.5,
+                poison_percent: 0.5,
+                accounts: 120,
+                seed,
+                ..WorkloadSpec::default()
+            }),
+            produced: 0,
+            poison: 0,
+        }
+    }
+
+    /// Like [`Input::new`] without duplicates or conflicts: every event id is new, so a short
+    /// dedupe horizon (for expiry tombstones) never lets a copy through.
+    pub fn without_copies(seed: u64, records: u64) -> Self {
+        Self {
+            workload: Workload::new(WorkloadSpec {
+                records,
+                duplicate_percent: 0.0,
+                conflict_percent: 0.0,
+                poison_percent: 0.5,
+                accounts: 120,
+                seed,
+                ..WorkloadSpec::default()
+            }),
+            produced: 0,
+            poison: 0,
+        }
+    }
+
+    /// The next `count` records, with the canary planted.
+    pub fn next_records(&mut self, count: usize) -> Vec<TestRecord> {
+        let mut records = Vec::with_capacity(count);
+        for record in self.workload.by_ref().take(count) {
+            let mut value = record.value;
+            if record.kind == RecordKind::Poison {
+                self.poison += 1;
+            } else if let Ok(mut event) = serde_json::from_slice::<serde_json::Value>(&value) {
+                let account = event["data"]["account"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_owned();
+                if let Some(data) = event["data"].as_object_mut() {
+                    data.insert(
+                        "email".to_owned(),
+                        format!("{account}.{EMAIL_CANARY}").into(),
+                    );
+                    value = event.to_string().into_bytes();
+                }
+            }
+            records
+                .push(TestRecord::new(record.key, value).header("content-type", CLOUDEVENTS_JSON));
+        }
+        self.produced += records.len() as u64;
+        records
+    }
+
+    pub fn produce(&mut self, scenario: &Scenario, count: usize) -> Result<()> {
+        let records = self.next_records(count);
+        produce(&scenario.bootstrap, &scenario.input_topic, &records)?;
+        Ok(())
+    }
+}
+
+/// Violations found per invariant.
+#[derive(Debug, Default, Clone)]
+pub struct Invariants {
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub dead_letters_wrong: u64,
+    pub ledger_violations: u64,
+    /// Keys whose local RocksDB value differs from the committed changelog (missing, extra or
+    /// different), over every store and partition.
+    pub state_mismatches: u64,
+    /// Keys compared by the state check (so a check over nothing is visible).
+    pub state_keys_compared: u64,
+    /// Canary occurrences in logs and metrics.
+    pub canaries_leaked: u64,
+    /// Bytes of logs and metrics searched for canaries.
+    pub canary_bytes_searched: u64,
+    pub output_events: u64,
+    pub details: Vec<String>,
+}
+
+impl Invariants {
+    pub fn total(&self) -> u64 {
+        self.lost
+            + self.duplicated
+            + self.out_of_order
+            + self.dead_letters_wrong
+            + self.ledger_violations
+            + self.state_mismatches
+            + self.canaries_leaked
+    }
+
+    /// Fails with every violation found.
+    pub fn ensure_none(&self) -> Result<()> {
+        ensure!(
+            self.total() == 0,
+            "invariants violated: {self:?}\n{}",
+            self.details.join("\n")
+        );
+        ensure!(self.output_events > 0, "no output at all");
+        Ok(())
+    }
+
+    /// Counts canaries in `texts` (name, text): logs, a `/metrics` scrape.
+    pub fn check_canaries(&mut self, texts: &[(&str, &str)]) {
+        for (name, text) in texts {
+            self.canary_bytes_searched += text.len() as u64;
+            for canary in CANARIES {
+                let found = text.matches(canary).count() as u64;
+                if found > 0 {
+                    self.canaries_leaked += found;
+                    self.details
+                        .push(format!("`{canary}` appears {found} time(s) in {name}"));
+                }
+            }
+        }
+    }
+
+    /// Compares every store of the (stopped) instance whose state lives in `state_dir` with the
+    /// state rebuilt from its changelog: the committed transactions' records (by the journals),
+    /// applied in offset order, the last write per key winning and tombstones deleting. Only
+    /// `partitions` (those the instance owned last) are compared; `None`: all of them.
+    pub fn check_state(
+        &mut self,
+        config_path: &Path,
+        state_dir: &Path,
+        journals: &[PathBuf],
+        partitions: Option<&[i32]>,
+    ) -> Result<()> {
+        let config = EngineConfig::load(config_path)?;
+        let bootstrap = config
+            .kafka
+            .get("bootstrap.servers")
+            .context("no bootstrap.servers")?
+            .clone();
+        let stores = declared_store_names(&config);
+        ensure!(!stores.is_empty(), "the pipeline declares no store");
+        let committed = committed_transactions(journals)?;
+        let backend = StateBackend::open(state_dir, &stores, &StateOptions::default())?;
+        for store in &stores {
+            let topic = config.changelog_topic(store);
+            let count = partition_count(&bootstrap, &topic)? as i32;
+            let records = consume_all(&bootstrap, &topic, 0, Duration::from_secs(60))?;
+            let rebuilt = rebuild_from_changelog(store, &records, &committed)?;
+            let id = backend.store_id(store)?;
+            let mut local: BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)> = BTreeMap::new();
+            for partition in 0..count {
+                if partitions.is_some_and(|owned| !owned.contains(&partition)) {
+                    continue;
+                }
+                backend
+                    .partition_store(id, partition)
+                    .for_each_committed(|key, value| {
+                        local.insert(
+                            (partition, key.to_vec()),
+                            (value.expire_at_ms, value.payload.to_vec()),
+                        );
+                        Ok(())
+                    })?;
+            }
+            let rebuilt: BTreeMap<_, _> = rebuilt
+                .into_iter()
+                .filter(|((partition, _), _)| {
+                    partitions.is_none_or(|owned| owned.contains(partition))
+                })
+                .collect();
+            let (mismatches, examples) = compare_states(&local, &rebuilt);
+            self.state_keys_compared += local.len().max(rebuilt.len()) as u64;
+            self.state_mismatches += mismatches;
+            self.details.extend(
+                examples
+                    .into_iter()
+                    .map(|example| format!("store {store}: {example}")),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// State rebuilt from a changelog's records (sorted by partition and offset): committed
+/// transactions only, last write per key wins, a tombstone deletes. Values decoded from the
+/// stored format: (expire_at_ms, payload).
+pub fn rebuild_from_changelog(
+    store: &str,
+    records: &[ConsumedRecord],
+    committed: &BTreeSet<String>,
+) -> Result<BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>> {
+    let mut state = BTreeMap::new();
+    for record in records {
+        let in_committed = record
+            .header(breadcrumb_engine::headers::TRANSACTION)
+            .is_some_and(|txn| committed.contains(&txn));
+        if !in_committed {
+            continue;
+        }
+        let key = (record.partition, record.key.clone().unwrap_or_default());
+        match &record.value {
+            Some(bytes) => {
+                let value = StoredValue::decode(bytes, store)?;
+                state.insert(key, (value.expire_at_ms, value.payload.to_vec()));
+            }
+            None => {
+                state.remove(&key);
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// Keys on which two states differ, and up to five described.
+pub fn compare_states(
+    left: &BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>,
+    right: &BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>,
+) -> (u64, Vec<String>) {
+    let mut mismatches = 0;
+    let mut examples = Vec::new();
+    let keys: BTreeSet<&(i32, Vec<u8>)> = left.keys().chain(right.keys()).collect();
+    for key in keys {
+        let (a, b) = (left.get(key), right.get(key));
+        if a != b {
+            mismatches += 1;
+            if examples.len() < 5 {
+                let describe = |value: Option<&(i64, Vec<u8>)>| match value {
+                    None => "absent".to_owned(),
+                    Some((expire, payload)) => {
+                        format!("expires {expire}, {} payload bytes", payload.len())
+                    }
+                };
+                examples.push(format!(
+                    "partition {} key {}: local {}, changelog {}",
+                    key.0,
+                    String::from_utf8_lossy(&key.1),
+                    describe(a),
+                    describe(b)
+                ));
+            }
+        }
+    }
+    (mismatches, examples)
+}
+
+fn number_after(report: &str, label: &str) -> u64 {
+    report
+        .split(label)
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+        })
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The committed records of `topic`, by the journals.
+pub fn committed(
+    scenario: &Scenario,
+    topic: &str,
+    journals: &[PathBuf],
+    min: usize,
+) -> Result<Vec<ConsumedRecord>> {
+    let committed = committed_transactions(journals)?;
+    Ok(
+        consume_all(&scenario.bootstrap, topic, min, Duration::from_secs(30))?
+            .into_iter()
+            .filter(|record| {
+                record
+                    .header("breadcrumb-txn")
+                    .is_some_and(|txn| committed.contains(&txn))
+            })
+            .collect(),
+    )
+}
+
+/// The topic-level invariants every scenario ends with: exactly once (`breadcrumb verify`),
+/// per-key order, dead letters exactly once, the ledger (`breadcrumb verify --ledger`).
+pub fn check_invariants(
+    scenario: &Scenario,
+    config: &Path,
+    journals: &[PathBuf],
+    input: &Input,
+) -> Result<Invariants> {
+    let mut found = Invariants::default();
+    let (_, report) = verify(config, journals)?;
+    ensure!(
+        report.contains("exactly once:"),
+        "verify did not run:\n{report}"
+    );
+    found.lost = number_after(&report, "lost ");
+    found.duplicated = number_after(&report, "duplicated ");
+    found.lost += number_after(&report, "unexpected ");
+    if found.lost + found.duplicated > 0 {
+        found.details.push(report);
+    }
+
+    // Per-key order: in each output partition, every account's sequences strictly increase.
+    let output = committed(scenario, &scenario.output_topic, journals, 1)?;
+    found.output_events = output.len() as u64;
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for record in &output {
+        let event: serde_json::Value =
+            serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+        let subject = event["subject"].as_str().unwrap_or_default().to_owned();
+        let sequence: u64 = event["sequence"].as_str().unwrap_or("0").parse()?;
+        if let Some(previous) = last.insert(subject.clone(), sequence) {
+            if sequence <= previous {
+                found.out_of_order += 1;
+                found
+                    .details
+                    .push(format!("{subject}: {sequence} after {previous}"));
+            }
+        }
+    }
+
+    // Dead letters exactly once: one per poison record, each source offset once.
+    let dead_letters = committed(
+        scenario,
+        &scenario.dead_letter_topic,
+        journals,
+        input.poison as usize,
+    )?;
+    let coordinates: BTreeSet<(String, String)> = dead_letters
+        .iter()
+        .map(|record| {
+            (
+                record
+                    .header("breadcrumb-source-partition")
+                    .unwrap_or_default(),
+                record
+                    .header("breadcrumb-source-offset")
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let repeated = dead_letters.len() as u64 - coordinates.len() as u64;
+    let missing = input.poison.saturating_sub(coordinates.len() as u64);
+    let extra = (coordinates.len() as u64).saturating_sub(input.poison);
+    found.dead_letters_wrong = repeated + missing + extra;
+    if found.dead_letters_wrong > 0 {
+        found.details.push(format!(
+            "dead letters: {} records, {} distinct, {} poison produced",
+            dead_letters.len(),
+            coordinates.len(),
+            input.poison
+        ));
+    }
+
+    let (_, ledger) = verify_ledger(config, journals)?;
+    ensure!(
+        ledger.contains("ledger:"),
+        "ledger check did not run:\n{ledger}"
+    );
+    found.ledger_violations = ledger
+        .lines()
+        .filter(|line| line.starts_with("violation"))
+        .count() as u64;
+    if found.ledger_violations > 0 {
+        found.details.extend(
+            ledger
+                .lines()
+                .filter(|line| line.starts_with("violation"))
+                .take(20)
+                .map(str::to_owned),
+        );
+    }
+    Ok(found)
+}
+
+/// One row of the faults × invariants table.
+pub struct Row {
+    pub fault: &'static str,
+    pub runs: u64,
+    pub injected: u64,
+}
+
+pub fn print_table(title: &str, rows: &[Row], events: u64, found: &Invariants) {
+    println!(
+        "\n{title}: {events} input events, {} committed output events; state: {} keys compared; canaries: {} bytes of logs and metrics searched",
+        found.output_events, found.state_keys_compared, found.canary_bytes_searched
+    );
+    println!(
+        "| fault | runs | injected | lost | duplicated | out of order | dead letters wrong | ledger violations | state ≠ changelog | canaries leaked |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.fault,
+            row.runs,
+            row.injected,
+            found.lost,
+            found.duplicated,
+            found.out_of_order,
+            found.dead_letters_wrong,
+            found.ledger_violations,
+            found.state_mismatches,
+            found.canaries_leaked
+        );
+    }
+    println!("(invariants are checked once over the whole scenario, so each row shows its totals)");
+}
