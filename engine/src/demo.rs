@@ -556,14 +556,15 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         |sent| traces_bar.set_position(sent),
     )?;
     traces_bar.finish();
+    let commerce_spec = CommerceSpec {
+        flows: options.flows,
+        ..CommerceSpec::default()
+    };
     let commerce = generate_commerce::produce(
         &base_client_config(&config),
         demo_lineage::EVENTS_TOPIC,
         demo_lineage::SPANS_TOPIC,
-        &CommerceSpec {
-            flows: options.flows,
-            ..CommerceSpec::default()
-        },
+        &commerce_spec,
     )?;
 
     let metrics = Metrics::new();
@@ -596,8 +597,19 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     };
     let process_bar = bar(options.progress, records_total, "processing");
     let deadline = Instant::now() + Duration::from_secs(180);
+    // The commerce clock batch goes out once everything else was read: read early, it would
+    // close the join windows of flows whose spans were still unread.
+    let mut clock_sent = false;
     while records_in() < records_total && Instant::now() < deadline && !engine.is_finished() {
         process_bar.set_position(records_in());
+        if !clock_sent && records_in() + 1 >= records_total {
+            generate_commerce::produce_clock(
+                &base_client_config(&config),
+                demo_lineage::SPANS_TOPIC,
+                &commerce_spec,
+            )?;
+            clock_sent = true;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     process_bar.set_position(records_in());
@@ -607,8 +619,16 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     let waiting = metrics
         .ordering_waiting_events
         .with_label_values(&[PIPELINE]);
+    // Lineage's stateful stage reads the repartition topic behind the inputs: wait until every
+    // commerce event was joined and republished.
+    let enriched = metrics
+        .events_out
+        .with_label_values(&[demo_lineage::PIPELINE, demo_lineage::ENRICHED_TOPIC]);
     let drain_deadline = Instant::now() + Duration::from_secs(30);
-    while waiting.get() > 0 && Instant::now() < drain_deadline && !engine.is_finished() {
+    while (waiting.get() > 0 || enriched.get() < commerce.events)
+        && Instant::now() < drain_deadline
+        && !engine.is_finished()
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     shutdown.store(true, Ordering::Release);

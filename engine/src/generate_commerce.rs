@@ -120,9 +120,17 @@ fn rfc3339(time_ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
 }
 
-/// Generates the workload: the manifest and the records in production order (each batch of
-/// flows' events, then that batch's spans, one OTLP request per service).
-pub fn generate(spec: &CommerceSpec) -> (CommerceManifest, Vec<CommerceRecord>) {
+/// Generates the workload: the manifest, the records in production order (each batch of
+/// flows' events, then that batch's spans, one OTLP request per service), and the clock batch,
+/// to be produced once the rest has been read (on a partition of its own, it could otherwise be
+/// read first and close every window before the spans arrive).
+pub fn generate(
+    spec: &CommerceSpec,
+) -> (
+    CommerceManifest,
+    Vec<CommerceRecord>,
+    Option<CommerceRecord>,
+) {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut manifest = CommerceManifest::default();
     let mut records = Vec::new();
@@ -225,13 +233,13 @@ pub fn generate(spec: &CommerceSpec) -> (CommerceManifest, Vec<CommerceRecord>) 
             attributes: vec![],
         })
         .collect();
-    if !clocks.is_empty() {
+    let clock = (!clocks.is_empty()).then(|| {
         manifest.spans += clocks.len() as u64;
         manifest.clock_spans = clocks.len() as u64;
-        records.push(span_batch("clock", clocks));
         manifest.span_records += 1;
-    }
-    (manifest, records)
+        span_batch("clock", clocks)
+    });
+    (manifest, records, clock)
 }
 
 fn span_batch(service: &str, spans: Vec<Span>) -> CommerceRecord {
@@ -251,21 +259,42 @@ fn span_batch(service: &str, spans: Vec<Span>) -> CommerceRecord {
     }
 }
 
-/// Produces the workload: events to `events_topic` (CloudEvents, structured JSON), span
-/// batches to `spans_topic`.
+/// Produces the workload but its clock batch: events to `events_topic` (CloudEvents,
+/// structured JSON), span batches to `spans_topic`. The manifest counts the clock batch too.
 pub fn produce(
     client_config: &ClientConfig,
     events_topic: &str,
     spans_topic: &str,
     spec: &CommerceSpec,
 ) -> Result<CommerceManifest> {
+    let (manifest, records, _) = generate(spec);
+    send(client_config, events_topic, spans_topic, &records)?;
+    Ok(manifest)
+}
+
+/// Produces the clock batch of the workload to `spans_topic`: after everything else was read,
+/// it closes every flow's join window.
+pub fn produce_clock(
+    client_config: &ClientConfig,
+    spans_topic: &str,
+    spec: &CommerceSpec,
+) -> Result<()> {
+    let (_, _, clock) = generate(spec);
+    send(client_config, spans_topic, spans_topic, clock.as_slice())
+}
+
+fn send(
+    client_config: &ClientConfig,
+    events_topic: &str,
+    spans_topic: &str,
+    records: &[CommerceRecord],
+) -> Result<()> {
     let mut producer_config = client_config.clone();
     producer_config
         .set("enable.idempotence", "true")
         .set("linger.ms", "5");
     let producer: ThreadedProducer<DefaultProducerContext> = producer_config.create()?;
-    let (manifest, records) = generate(spec);
-    for record in &records {
+    for record in records {
         let mut pending = BaseRecord::to(if record.event {
             events_topic
         } else {
@@ -296,7 +325,7 @@ pub fn produce(
         }
     }
     producer.flush(Duration::from_secs(60))?;
-    Ok(manifest)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -310,8 +339,9 @@ mod tests {
             flows: 400,
             ..CommerceSpec::default()
         };
-        let (first, records) = generate(&spec);
-        let (second, _) = generate(&spec);
+        let (first, mut records, clock) = generate(&spec);
+        let (second, _, _) = generate(&spec);
+        records.extend(clock);
         assert_eq!(first, second);
         let lost_spans = first
             .flows

@@ -133,6 +133,16 @@ impl ConsumedRecord {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
+    /// The last header named `name`, as (lossy) UTF-8: the one breadcrumb's last stage added,
+    /// when a record went through a repartition topic (which keeps the first stage's headers).
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rfind(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
     /// The key as (lossy) UTF-8.
     pub fn key_str(&self) -> Option<String> {
         self.key

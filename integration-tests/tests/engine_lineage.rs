@@ -41,15 +41,16 @@ fn lineage_joins_events_to_spans_and_parents_exactly_across_kills() -> Result<()
         ],
         false,
     )?;
+    let spec = CommerceSpec {
+        flows: 400,
+        seed: 5,
+        ..CommerceSpec::default()
+    };
     let manifest = generate_commerce::produce(
         &base_config(&scenario.bootstrap),
         &scenario.input_topic,
         &spans_topic,
-        &CommerceSpec {
-            flows: 400,
-            seed: 5,
-            ..CommerceSpec::default()
-        },
+        &spec,
     )?;
     ensure!(
         manifest.flows.iter().any(|flow| !flow.spans_exported)
@@ -82,7 +83,13 @@ fn lineage_joins_events_to_spans_and_parents_exactly_across_kills() -> Result<()
         ensure!(engine.is_running(), "engine died:\n{}", engine.log_tail(60));
         engine.kill()?;
     }
+    // The clock spans close every window once the rest was read (see `produce_clock`).
     let engine = EngineProcess::start(&config, &log)?;
+    let flows_read = scenario
+        .wait_until_topics_consumed(&[&scenario.input_topic, &spans_topic], CONSUME_TIMEOUT)
+        .and_then(|()| scenario.wait_until_drained(&repartition_topic, CONSUME_TIMEOUT));
+    flows_read.with_context(|| engine.log_tail(80))?;
+    generate_commerce::produce_clock(&base_config(&scenario.bootstrap), &spans_topic, &spec)?;
     let consumed = scenario
         .wait_until_topics_consumed(&[&scenario.input_topic, &spans_topic], CONSUME_TIMEOUT)
         .and_then(|()| scenario.wait_until_drained(&repartition_topic, CONSUME_TIMEOUT));
@@ -95,11 +102,12 @@ fn lineage_joins_events_to_spans_and_parents_exactly_across_kills() -> Result<()
     ensure!(exactly_once, "verify failed:\n{report}");
     assert_ledger_consistent(&config, std::slice::from_ref(&journal))?;
 
-    // Nisshi shows aborted records to read_committed readers: keep committed transactions'.
+    // Nisshi shows aborted records to read_committed readers: keep committed transactions'
+    // (the last `breadcrumb-txn`: the first is the repartition stage's).
     let committed = committed_transactions(&[journal])?;
     let is_committed = |record: &breadcrumb_integration_tests::ConsumedRecord| {
         record
-            .header("breadcrumb-txn")
+            .last_header("breadcrumb-txn")
             .is_some_and(|txn| committed.contains(&txn))
     };
     let mut enriched = consume_all(
