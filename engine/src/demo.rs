@@ -19,6 +19,7 @@ use crate::generate_commerce::{self, CommerceSpec};
 use crate::generate_traces::{self, TraceCounts, TraceKind, TraceManifest, TraceWorkloadSpec};
 use crate::http::Health;
 use crate::metrics::Metrics;
+use crate::query::{self, QueryService};
 use crate::runtime::{self, base_client_config, pipeline::DEAD_LETTER_REASONS};
 use crate::verify;
 
@@ -91,7 +92,7 @@ impl Default for DemoOptions {
 }
 
 /// What the demo measured, all from committed transactions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DemoSummary {
     pub produced: ProducedCounts,
     pub events_in: u64,
@@ -570,6 +571,9 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     let metrics = Metrics::new();
     let health = Health::new();
     let shutdown = Arc::new(AtomicBool::new(false));
+    // The lineage query is asked in-process, through the channel the HTTP routes use.
+    let (query_sender, query_receiver) = query::channel();
+    let queries = QueryService::new(query_sender, &config.instance_id(), None, None, true);
     let engine = {
         let config = config.clone();
         let metrics = metrics.clone();
@@ -577,7 +581,9 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("breadcrumb-engine".to_owned())
-            .spawn(move || runtime::run(config, metrics, health, shutdown))?
+            .spawn(move || {
+                runtime::run_with_queries(config, metrics, health, shutdown, Some(query_receiver))
+            })?
     };
     let events_in = metrics
         .events_in
@@ -631,6 +637,16 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
+    // What `GET /lineage/events/{id}?depth=3` answers for the first complete flow's invoice.
+    let lineage_query = commerce
+        .flows
+        .iter()
+        .find(|flow| flow.spans_exported && flow.payment_produced)
+        .map(|flow| {
+            let path = format!("/lineage/events/{}", flow.invoice_id);
+            let response = queries.get_blocking(&path, Some("depth=3"));
+            (format!("GET {path}?depth=3"), response)
+        });
     shutdown.store(true, Ordering::Release);
     let engine_result = engine
         .join()
@@ -674,7 +690,14 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         }
     }
     let telemetry = telemetry_summary(&config, &metrics, manifest)?;
-    let lineage = demo_lineage::summary(&config, &metrics, &commerce)?;
+    let mut lineage = demo_lineage::summary(&config, &metrics, &commerce)?;
+    if let Some((request, response)) = lineage_query {
+        lineage.query = Some(demo_lineage::QueryShown {
+            request,
+            status: response.status.as_u16(),
+            body: response.body,
+        });
+    }
     let dead_letters = DEAD_LETTER_REASONS
         .iter()
         .map(|reason| {

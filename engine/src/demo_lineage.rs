@@ -67,7 +67,7 @@ struct EdgeRecord {
 }
 
 /// What the lineage pipeline did, from its metrics, and what its topics hold, read back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LineageSummary {
     pub flows: u64,
     pub events_produced: u64,
@@ -87,6 +87,27 @@ pub struct LineageSummary {
     pub pending: u64,
     /// The enriched and lineage topics, read back and checked.
     pub check: LineageCheck,
+    /// A lineage query asked of the running engine, and its answer.
+    pub query: Option<QueryShown>,
+}
+
+/// A state query the demo asked, and what came back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryShown {
+    pub request: String,
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl QueryShown {
+    /// Event ids of the answer: the event, then its ancestors.
+    pub fn event_ids(&self) -> Vec<String> {
+        let answer = &self.body["answers"][0]["answer"];
+        std::iter::once(&answer["event"])
+            .chain(answer["ancestors"].as_array().into_iter().flatten())
+            .filter_map(|node| node["event_id"].as_str().map(str::to_owned))
+            .collect()
+    }
 }
 
 impl LineageSummary {
@@ -147,6 +168,14 @@ impl LineageSummary {
                     if depth == 0 { "" } else { "↳ caused by " }
                 ));
             }
+        }
+        if let Some(query) = &self.query {
+            text.push_str(&format!(
+                "  query                     {} → {} {}\n",
+                query.request,
+                query.status,
+                query.event_ids().join(" ← ")
+            ));
         }
         text.push_str(&format!(
             "\n  lineage check     {}\n",

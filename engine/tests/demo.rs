@@ -143,4 +143,17 @@ fn demo_conserves_records_and_publishes_every_id_once() {
         ["billing", "payments", "orders"]
     );
     assert_eq!(lineage.check.chain_root_service, "storefront");
+    // The running engine answered the lineage query of that chain's invoice from its state.
+    let query = lineage
+        .query
+        .as_ref()
+        .expect("the demo asks a lineage query");
+    assert_eq!(query.status, 200, "{}", query.body);
+    let chain_ids: Vec<String> = lineage
+        .check
+        .chain
+        .iter()
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    assert_eq!(query.event_ids(), chain_ids, "{}", query.body);
 }
