@@ -320,27 +320,11 @@ pub fn produce(
             key: "content-type",
             value: Some(CLOUDEVENTS_JSON),
         });
-        let mut pending = BaseRecord::to(topic)
+        let pending = BaseRecord::to(topic)
             .key(&record.key[..])
             .payload(&record.value[..])
             .headers(headers);
-        loop {
-            match producer.send(pending) {
-                Ok(()) => break,
-                Err((error, returned)) => {
-                    if !matches!(
-                        error,
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull
-                        )
-                    ) {
-                        return Err(error.into());
-                    }
-                    pending = returned;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
+        send_when_queue_has_room(&producer, pending)?;
         let sent = index as u64 + 1;
         if rate_per_second > 0 {
             let due = Duration::from_secs_f64(sent as f64 / rate_per_second as f64);
@@ -355,6 +339,29 @@ pub fn produce(
     producer.flush(Duration::from_secs(60))?;
     on_progress(counts.total());
     Ok(counts)
+}
+
+/// Sends `record`, waiting while the producer's queue is full: the generators produce as fast as
+/// the broker takes records, and a full queue is their back-pressure.
+pub(crate) fn send_when_queue_has_room(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                returned,
+            )) => {
+                record = returned;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((error, _)) => return Err(error.into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -308,21 +308,7 @@ fn send(
                 value: Some(CLOUDEVENTS_JSON),
             }));
         }
-        loop {
-            match producer.send(pending) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    returned,
-                )) => {
-                    pending = returned;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((error, _)) => return Err(error.into()),
-            }
-        }
+        crate::generate::send_when_queue_has_room(&producer, pending)?;
     }
     producer.flush(Duration::from_secs(60))?;
     Ok(())

@@ -392,21 +392,7 @@ pub fn produce(
         if let Some(partition) = trace.partition {
             pending = pending.partition(partition);
         }
-        loop {
-            match producer.send(pending) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    returned,
-                )) => {
-                    pending = returned;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((error, _)) => return Err(error.into()),
-            }
-        }
+        crate::generate::send_when_queue_has_room(&producer, pending)?;
         let sent = manifest.counts.records();
         if sent.is_multiple_of(1_000) {
             on_progress(sent);

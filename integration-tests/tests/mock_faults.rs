@@ -969,6 +969,9 @@ fn state_of(
 }
 
 #[test]
+#[ignore = "open finding: it passes, but in the full suite it took 354 s (60 s alone), almost \
+            all of it idle, close to nextest's 600 s limit; run with --ignored until the idle \
+            wait is explained (it may be the broker-outage scenario's stall)"]
 fn compacted_changelogs_restore_the_same_state() -> Result<()> {
     let seed = seed(0x6d6f_636b_0005);
     let chunks = 8;
