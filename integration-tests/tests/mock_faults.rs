@@ -948,10 +948,7 @@ fn offset_gaps(records: &[ConsumedRecord]) -> usize {
 }
 
 /// The main column family of `stores` in `backend`, as (partition, key) → (expiry, payload).
-fn state_of(
-    backend: &StateBackend,
-    store: &str,
-) -> Result<BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>> {
+fn state_of(backend: &StateBackend, store: &str) -> Result<common::invariants::StoreContents> {
     let id = backend.store_id(store)?;
     let mut state = BTreeMap::new();
     for partition in 0..PARTITIONS {
@@ -1008,7 +1005,7 @@ fn compacted_changelogs_restore_the_same_state() -> Result<()> {
     found.ensure_none()?;
 
     let bootstrap = fixture.scenario.bootstrap.clone();
-    let committed = committed_transactions(&[fixture.journal.clone()])?;
+    let committed = committed_transactions(std::slice::from_ref(&fixture.journal))?;
     let input_ends = watermarks(&bootstrap, &fixture.scenario.input_topic)?;
     let stores = declared_store_names(&fixture.config);
     let engine_backend = StateBackend::open(

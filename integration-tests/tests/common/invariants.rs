@@ -21,6 +21,9 @@ use breadcrumb_state::{StateBackend, StateOptions, StoredValue};
 
 use super::{committed_transactions, verify, verify_ledger, Scenario};
 
+/// A store's contents: (partition, key) → (input offset, value).
+pub type StoreContents = BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>;
+
 /// Personal data planted in every event (`data.email`), tokenized by the scenario's PII rule.
 pub const EMAIL_CANARY: &str = "canary.payer.5d1a@example.org";
 /// A secret in a redacted `[kafka]` key.
@@ -214,7 +217,7 @@ impl Invariants {
             let records = consume_all(&bootstrap, &topic, 0, Duration::from_secs(60))?;
             let rebuilt = rebuild_from_changelog(store, &records, &committed)?;
             let id = backend.store_id(store)?;
-            let mut local: BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)> = BTreeMap::new();
+            let mut local: StoreContents = BTreeMap::new();
             for partition in 0..count {
                 if partitions.is_some_and(|owned| !owned.contains(&partition)) {
                     continue;
@@ -255,7 +258,7 @@ pub fn rebuild_from_changelog(
     store: &str,
     records: &[ConsumedRecord],
     committed: &BTreeSet<String>,
-) -> Result<BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>> {
+) -> Result<StoreContents> {
     let mut state = BTreeMap::new();
     for record in records {
         let in_committed = record
@@ -279,10 +282,7 @@ pub fn rebuild_from_changelog(
 }
 
 /// Keys on which two states differ, and up to five described.
-pub fn compare_states(
-    left: &BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>,
-    right: &BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>,
-) -> (u64, Vec<String>) {
+pub fn compare_states(left: &StoreContents, right: &StoreContents) -> (u64, Vec<String>) {
     let mut mismatches = 0;
     let mut examples = Vec::new();
     let keys: BTreeSet<&(i32, Vec<u8>)> = left.keys().chain(right.keys()).collect();
