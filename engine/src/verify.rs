@@ -299,11 +299,25 @@ pub fn verify_ledger(
     journals: &[PathBuf],
     timeout: Duration,
 ) -> Result<LedgerReport> {
+    let client_config = base_client_config(config);
+    let committed = committed_transactions(journals)?;
+    verify_ledger_over(config, pipeline_name, &committed, &mut |topic| {
+        read_topic(&client_config, topic, timeout)
+    })
+}
+
+/// [`verify_ledger`] over records read by `read_topic` (every record of a topic, as a
+/// `read_committed` reader sees it), with the transactions' outcomes known (`committed`) or,
+/// without journals, taken as committed. The deterministic model tier reads its in-memory log.
+pub fn verify_ledger_over(
+    config: &EngineConfig,
+    pipeline_name: &str,
+    committed: &Option<BTreeMap<String, bool>>,
+    read_topic: &mut dyn FnMut(&str) -> Result<Vec<OwnedMessage>>,
+) -> Result<LedgerReport> {
     let pipeline = config.pipelines.get(pipeline_name).ok_or_else(|| {
         EngineError::Config(vec![format!("pipelines.{pipeline_name}: no such pipeline")])
     })?;
-    let client_config = base_client_config(config);
-    let committed = committed_transactions(journals)?;
     let decoder = build_decoder(&pipeline.decoder).map_err(|error| {
         EngineError::Config(vec![format!("pipelines.{pipeline_name}.decoder.{error}")])
     })?;
@@ -311,8 +325,8 @@ pub fn verify_ledger(
 
     let mut entries = Vec::new();
     let mut bad_records = Vec::new();
-    for message in read_topic(&client_config, &config.ledger_topic(), timeout)? {
-        if committed_transaction(&message, &committed).is_none() {
+    for message in read_topic(&config.ledger_topic())? {
+        if committed_transaction(&message, committed).is_none() {
             continue;
         }
         match serde_json::from_slice::<LedgerEntry>(message.payload().unwrap_or_default()) {
@@ -351,7 +365,7 @@ pub fn verify_ledger(
     let mut observed: HashMap<EntryKey, Observed> = HashMap::new();
     let mut unattributed = 0;
     for topic in &consumed {
-        for message in read_topic(&client_config, topic, timeout)? {
+        for message in read_topic(topic)? {
             inputs
                 .entry((topic.clone(), message.partition()))
                 .or_default()
@@ -369,7 +383,7 @@ pub fn verify_ledger(
                     continue;
                 }
                 repartitioned_to.insert(source.clone(), message.partition());
-                if let Some(transaction) = committed_transaction(&message, &committed) {
+                if let Some(transaction) = committed_transaction(&message, committed) {
                     observed
                         .entry((transaction, source.0, source.1))
                         .or_default()
@@ -397,13 +411,13 @@ pub fn verify_ledger(
     }
     published.push((config.dead_letter_topic(), Tally::DeadLetters));
     for (topic, tally) in &published {
-        for message in read_topic(&client_config, topic, timeout)? {
+        for message in read_topic(topic)? {
             if *tally == Tally::DeadLetters
                 && header_text(&message, headers::DLQ_PIPELINE).as_deref() != Some(pipeline_name)
             {
                 continue;
             }
-            let Some(transaction) = committed_transaction(&message, &committed) else {
+            let Some(transaction) = committed_transaction(&message, committed) else {
                 continue;
             };
             let Some(source) = source_of(&message) else {

@@ -4,7 +4,8 @@
 //! child process on a free loopback port and offers small blocking rdkafka helpers to create
 //! topics, produce, read back (`read_committed`) and inspect committed group offsets.
 //!
-//! The harness is engine-agnostic: it knows nothing about breadcrumb types.
+//! The broker harness is engine-agnostic: it knows nothing about breadcrumb types. The [`model`]
+//! module is the exception: the deterministic tier drives the engine's processing core itself.
 //!
 //! Install the broker with `scripts/install-nisshi.sh`; the binary is looked up in `$NISSHI_BIN`,
 //! then `PATH`, then `~/.cargo/bin/nisshi`.
@@ -29,6 +30,7 @@
 
 mod broker;
 mod kafka;
+pub mod model;
 mod registry;
 
 pub use broker::{nisshi_binary, Broker, BrokerOptions, Storage};

@@ -12,12 +12,13 @@ use rdkafka::{ClientContext, Statistics};
 
 use super::core::Core;
 use super::edges::COPY_TAG;
+use super::io::RdKafkaIo;
 
 /// The consumer's context owns the processing core, because rebalance callbacks run inside
 /// `poll` and must commit or abort the open transaction and restore state before partitions move.
 /// The processing loop takes the same lock after `poll` returns, so the two never overlap.
 pub struct EngineContext {
-    pub core: Mutex<Core>,
+    pub core: Mutex<Core<RdKafkaIo>>,
     pub consumer_lag: IntGaugeVec,
 }
 
@@ -83,6 +84,27 @@ impl DeliveryContext {
     pub fn take_failed(&self) -> bool {
         self.failed.swap(false, Ordering::AcqRel)
     }
+
+    /// Records that the record sent with `tag` landed at `partition`/`offset`.
+    pub fn delivered(&self, tag: DeliveryTag, partition: i32, offset: i64) {
+        if tag & COPY_TAG != 0 {
+            let index = tag & !COPY_TAG;
+            let mut copies = self.copies.lock().expect("lock poisoned");
+            if copies.len() <= index {
+                copies.resize(index + 1, None);
+            }
+            copies[index] = Some((partition, offset));
+        } else if tag > 0 {
+            let mut offsets = self.changelog_offsets.lock().expect("lock poisoned");
+            let entry = offsets.entry((tag - 1, partition)).or_insert(offset);
+            *entry = (*entry).max(offset);
+        }
+    }
+
+    /// Records that a delivery failed: the open transaction must not commit.
+    pub fn delivery_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
 }
 
 impl ClientContext for DeliveryContext {}
@@ -92,26 +114,11 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: DeliveryTag) {
         match result {
-            Ok(message) => {
-                if tag & COPY_TAG != 0 {
-                    let index = tag & !COPY_TAG;
-                    let mut copies = self.copies.lock().expect("lock poisoned");
-                    if copies.len() <= index {
-                        copies.resize(index + 1, None);
-                    }
-                    copies[index] = Some((message.partition(), message.offset()));
-                } else if tag > 0 {
-                    let mut offsets = self.changelog_offsets.lock().expect("lock poisoned");
-                    let entry = offsets
-                        .entry((tag - 1, message.partition()))
-                        .or_insert(message.offset());
-                    *entry = (*entry).max(message.offset());
-                }
-            }
+            Ok(message) => self.delivered(tag, message.partition(), message.offset()),
             Err((error, _)) => {
                 // Logged once per failing transaction by the core, not here per record.
                 tracing::debug!(%error, "Delivery failed.");
-                self.failed.store(true, Ordering::Release);
+                self.delivery_failed();
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The processing core: one record at a time through decode and operators, outputs into the open
 //! transaction, and the commit that makes outputs, changelogs and input offsets visible together.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,17 +12,16 @@ use breadcrumb_schemas::otlp::{parse_request, service_name, span_identity, Batch
 use breadcrumb_schemas::{DecodeErrorClass, Decoder, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::format::encode_input_offset;
 use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaError};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders, ToBytes};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::ThreadedProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use smallvec::SmallVec;
 
 use super::chain::{Sink, MAX_OPERATORS};
-use super::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
+use super::context::DeliveryContext;
 use super::edges::{fill_copy, CopyCoordinates, EdgeBuffer};
+use super::io::{GroupIo, Incoming, KafkaIo, OutRecord, RdKafkaIo};
 use super::pipeline::{
     dead_letter_reason_index, decode_reason, port_index, repartition_key, Pipeline, Route, Stage,
     DEAD_LETTER_REASONS,
@@ -38,7 +37,6 @@ use crate::http::Health;
 use crate::journal::Journal;
 use crate::ledger::{LedgerCounts, LedgerEntry, LedgerStage, LEDGER_FORMAT_VERSION};
 use crate::metrics::Metrics;
-use crate::raw_headers::read_headers;
 
 /// Bound on each blocking Kafka call of the commit protocol.
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -108,7 +106,9 @@ struct PipelineCounts {
     dead_letters: [u64; DEAD_LETTER_REASONS.len()],
 }
 
-pub struct Core {
+/// The processing core over its Kafka I/O: the rdkafka clients in production, the in-memory
+/// model log under test.
+pub struct Core<Io: KafkaIo = RdKafkaIo> {
     config: Arc<EngineConfig>,
     guarantee: ProcessingGuarantee,
     pipelines: Vec<Pipeline>,
@@ -121,10 +121,11 @@ pub struct Core {
     changelog_slot: Vec<Vec<usize>>,
     restore_metrics: Vec<RestoreMetrics>,
     backend: StateBackend,
-    producer: TransactionalProducer,
-    restore_consumer: BaseConsumer<EndOfPartitionContext>,
-    tasks: HashMap<(usize, i32), Task>,
-    positions: HashMap<(usize, i32), Position>,
+    io: Io,
+    // Ordered maps: commits walk them, and the same input must give the same sequence of
+    // Kafka calls (the model tier replays crash schedules by call number).
+    tasks: BTreeMap<(usize, i32), Task>,
+    positions: BTreeMap<(usize, i32), Position>,
     transaction_open: bool,
     transaction_started: Instant,
     transaction_records: usize,
@@ -168,13 +169,13 @@ pub struct Core {
     stall: StallFlag,
 }
 
-pub struct CoreParts {
+pub struct CoreParts<Io> {
     pub config: Arc<EngineConfig>,
     pub pipelines: Vec<Pipeline>,
     pub routes: Vec<Route>,
     pub backend: StateBackend,
-    pub producer: TransactionalProducer,
-    pub restore_consumer: BaseConsumer<EndOfPartitionContext>,
+    /// The transactional producer (transactions initialised) and the restore reader.
+    pub io: Io,
     pub journal: Option<Journal>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
@@ -182,15 +183,14 @@ pub struct CoreParts {
     pub stall: StallFlag,
 }
 
-impl Core {
-    pub fn new(parts: CoreParts) -> Self {
+impl<Io: KafkaIo> Core<Io> {
+    pub fn new(parts: CoreParts<Io>) -> Self {
         let CoreParts {
             config,
             pipelines,
             routes,
             backend,
-            producer,
-            restore_consumer,
+            io,
             journal,
             metrics,
             health,
@@ -238,10 +238,9 @@ impl Core {
             changelog_slot,
             restore_metrics,
             backend,
-            producer,
-            restore_consumer,
-            tasks: HashMap::new(),
-            positions: HashMap::new(),
+            io,
+            tasks: BTreeMap::new(),
+            positions: BTreeMap::new(),
             transaction_open: false,
             transaction_started: Instant::now(),
             transaction_records: 0,
@@ -296,13 +295,13 @@ impl Core {
             .collect()
     }
 
-    /// The producer (for journal resolution and shutdown).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    pub fn producer(&self) -> &TransactionalProducer {
-        &self.producer
+    /// The Kafka I/O (the producer, for the flush at shutdown).
+    pub fn io(&self) -> &Io {
+        &self.io
     }
 
     fn begin_if_needed(&mut self) -> Result<()> {
@@ -310,7 +309,7 @@ impl Core {
             return Ok(());
         }
         if self.guarantee == ProcessingGuarantee::ExactlyOnce {
-            self.producer
+            self.io
                 .begin_transaction()
                 .map_err(fatal_unless_retriable)?;
         }
@@ -333,7 +332,7 @@ impl Core {
     }
 
     /// Processes one consumed record inside the open transaction.
-    pub fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
+    pub fn process<M: Incoming>(&mut self, message: &M) -> Result<()> {
         let Some(&route_index) = self.route_by_topic.get(message.topic()) else {
             return Ok(());
         };
@@ -343,20 +342,18 @@ impl Core {
         outcome
     }
 
-    fn process_record(&mut self, route_index: usize, message: &BorrowedMessage<'_>) -> Result<()> {
+    fn process_record<M: Incoming>(&mut self, route_index: usize, message: &M) -> Result<()> {
         self.begin_if_needed()?;
         let partition = message.partition();
         let offset = message.offset();
         let verdict = self.crash_guard.before(route_index, partition, offset)?;
         let mut header_refs: SmallVec<[HeaderRef<'_>; 16]> = SmallVec::new();
-        let invalid_header_names = message
-            .headers()
-            .map_or(0, |headers| read_headers(headers, &mut header_refs));
+        let invalid_header_names = message.read_headers(&mut header_refs);
         let record = RawRecord {
             topic: message.topic(),
             partition,
             offset,
-            timestamp_ms: message.timestamp().to_millis(),
+            timestamp_ms: message.timestamp_ms(),
             key: message.key(),
             value: message.payload(),
             headers: &header_refs,
@@ -367,8 +364,9 @@ impl Core {
             routes,
             tasks,
             positions,
-            producer,
+            io: producer,
             transaction_header,
+
             pipeline_counts,
             envelope,
             released_envelope,
@@ -781,7 +779,7 @@ impl Core {
                 tasks,
                 positions,
                 state_route,
-                producer,
+                io: producer,
                 transaction_header,
                 pipeline_counts,
                 released_envelope,
@@ -831,7 +829,10 @@ impl Core {
     }
 
     /// Commits when the interval has passed or the transaction is full.
-    pub fn maybe_commit(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+    pub fn maybe_commit<C: GroupIo<Metadata = Io::GroupMetadata>>(
+        &mut self,
+        consumer: &C,
+    ) -> Result<()> {
         if self.transaction_open
             && (self.commit_now
                 || self.transaction_records >= self.config.max_records_per_transaction
@@ -845,7 +846,7 @@ impl Core {
     /// Commits the open transaction: operators checkpoint, their writes go to the changelogs,
     /// the input offsets join the transaction, and once Kafka has committed, local state follows
     /// in one RocksDB write. A failure that Kafka says needs an abort aborts and rewinds.
-    pub fn commit(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+    pub fn commit<C: GroupIo<Metadata = Io::GroupMetadata>>(&mut self, consumer: &C) -> Result<()> {
         if !self.transaction_open {
             return Ok(());
         }
@@ -882,11 +883,10 @@ impl Core {
                     let metadata = consumer.group_metadata().ok_or_else(|| {
                         EngineError::Fatal("consumer has no group metadata".to_owned())
                     })?;
-                    if let Err(error) = self.producer.send_offsets_to_transaction(
-                        &offsets,
-                        &metadata,
-                        KAFKA_CALL_TIMEOUT,
-                    ) {
+                    if let Err(error) =
+                        self.io
+                            .send_offsets_to_transaction(&offsets, &metadata, KAFKA_CALL_TIMEOUT)
+                    {
                         return self.recover(consumer, error);
                     }
                 }
@@ -902,7 +902,7 @@ impl Core {
                 }
                 let mut attempt = 0;
                 loop {
-                    match self.producer.commit_transaction(KAFKA_CALL_TIMEOUT) {
+                    match self.io.commit_transaction(KAFKA_CALL_TIMEOUT) {
                         Ok(()) => break,
                         Err(error) if is_retriable(&error) && attempt < COMMIT_RETRIES => {
                             attempt += 1;
@@ -913,17 +913,17 @@ impl Core {
                 }
             }
             ProcessingGuarantee::AtLeastOnce => {
-                if let Err(error) = self.producer.flush(KAFKA_CALL_TIMEOUT) {
+                if let Err(error) = self.io.flush(KAFKA_CALL_TIMEOUT) {
                     return self.recover(consumer, error);
                 }
-                if self.producer.context().take_failed() {
+                if self.io.deliveries().take_failed() {
                     return self.recover(
                         consumer,
                         KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
                     );
                 }
                 if !journal_offsets.is_empty() {
-                    consumer.commit(&offsets, CommitMode::Sync)?;
+                    consumer.commit_offsets(&offsets)?;
                 }
             }
         }
@@ -936,14 +936,17 @@ impl Core {
     /// so not even the background heartbeats ran). Committing then could publish a zombie's
     /// output next to the new owner's: Apache Kafka fences it by the group generation in
     /// `TxnOffsetCommit`, test brokers may not, and aborting is always safe.
-    fn membership_in_doubt(&self, consumer: &BaseConsumer<EngineContext>) -> bool {
+    fn membership_in_doubt<C: GroupIo<Metadata = Io::GroupMetadata>>(&self, consumer: &C) -> bool {
         self.guarantee == ProcessingGuarantee::ExactlyOnce
             && (self.stall.is_set()
                 || consumer.assignment_lost()
                 || self.transaction_started.elapsed() >= self.session_timeout)
     }
 
-    fn abort_in_doubt(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+    fn abort_in_doubt<C: GroupIo<Metadata = Io::GroupMetadata>>(
+        &mut self,
+        consumer: &C,
+    ) -> Result<()> {
         tracing::warn!(
             open_ms = self.transaction_started.elapsed().as_millis() as u64,
             lost = consumer.assignment_lost(),
@@ -957,7 +960,10 @@ impl Core {
     /// After the process was stopped, nothing this member believes it owns can be trusted
     /// until it has rejoined: abort what is open and have the clients recreated (a new
     /// producer epoch, a new group member), whatever librdkafka has noticed so far.
-    pub fn fence_if_stalled(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<()> {
+    pub fn fence_if_stalled<C: GroupIo<Metadata = Io::GroupMetadata>>(
+        &mut self,
+        consumer: &C,
+    ) -> Result<()> {
         if self.guarantee != ProcessingGuarantee::ExactlyOnce || !self.stall.take() {
             return Ok(());
         }
@@ -975,13 +981,13 @@ impl Core {
         if self.lineage_edges.is_empty() {
             return Ok(());
         }
-        self.producer.flush(KAFKA_CALL_TIMEOUT)?;
-        if self.producer.context().take_failed() {
+        self.io.flush(KAFKA_CALL_TIMEOUT)?;
+        if self.io.deliveries().take_failed() {
             return Err(EngineError::Kafka(KafkaError::MessageProduction(
                 RDKafkaErrorCode::Fail,
             )));
         }
-        let copies = self.producer.context().take_copies();
+        let copies = self.io.deliveries().take_copies();
         let mut avro = Vec::new();
         for (edge, key, json) in self.lineage_edges.iter() {
             let pipeline = &self.pipelines[edge.pipeline];
@@ -1001,33 +1007,28 @@ impl Core {
                     offset,
                 });
             fill_copy(json, copy, &mut self.edge_value);
-            let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
-                key: headers::TRANSACTION,
-                value: Some(&self.transaction_header[..]),
-            });
+            let mut record_headers: SmallVec<[HeaderRef<'_>; 2]> =
+                SmallVec::from_slice(&[(headers::TRANSACTION, Some(&self.transaction_header[..]))]);
             let payload = match &pipeline.port_encoders[Port::Lineage.index()] {
                 Some(encoder) => match encoder.encode_json(&self.edge_value, &mut avro) {
                     Ok(()) => &avro[..],
                     Err(problem) => {
                         tracing::warn!(%problem, topic, "A lineage edge does not fit its Avro schema; sent as JSON.");
-                        headers = headers.insert(Header {
-                            key: headers::ENCODING_FALLBACK,
-                            value: Some(&b"json"[..]),
-                        });
+                        record_headers.push((headers::ENCODING_FALLBACK, Some(&b"json"[..])));
                         &self.edge_value[..]
                     }
                 },
                 None => &self.edge_value[..],
             };
-            let mut record: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(topic, 0)
-                    .key(key)
-                    .payload(payload)
-                    .headers(headers);
-            if let Some(timestamp) = edge.timestamp_ms {
-                record = record.timestamp(timestamp);
-            }
-            send_with_backpressure(&self.producer, record)?;
+            self.io.send(&OutRecord {
+                topic,
+                partition: None,
+                key: Some(key),
+                value: Some(payload),
+                headers: &record_headers,
+                timestamp_ms: edge.timestamp_ms,
+                tag: 0,
+            })?;
         }
         self.lineage_edges.clear();
         Ok(())
@@ -1047,24 +1048,18 @@ impl Core {
                 let topic = &self.changelog_topics[slot];
                 for entry in store.dirty() {
                     let input_offset = encode_input_offset(entry.input_offset);
-                    let headers = OwnedHeaders::new_with_capacity(2)
-                        .insert(Header {
-                            key: INPUT_OFFSET_HEADER,
-                            value: Some(&input_offset[..]),
-                        })
-                        .insert(Header {
-                            key: headers::TRANSACTION,
-                            value: Some(&self.transaction_header[..]),
-                        });
-                    let mut record: BaseRecord<'_, [u8], [u8], usize> =
-                        BaseRecord::with_opaque_to(topic, slot + 1)
-                            .partition(*partition)
-                            .key(entry.key)
-                            .headers(headers);
-                    if let Some(value) = entry.value {
-                        record = record.payload(value);
-                    }
-                    send_with_backpressure(&self.producer, record)?;
+                    self.io.send(&OutRecord {
+                        topic,
+                        partition: Some(*partition),
+                        key: Some(entry.key),
+                        value: entry.value,
+                        headers: &[
+                            (INPUT_OFFSET_HEADER, Some(&input_offset[..])),
+                            (headers::TRANSACTION, Some(&self.transaction_header[..])),
+                        ],
+                        timestamp_ms: None,
+                        tag: slot + 1,
+                    })?;
                 }
             }
         }
@@ -1108,22 +1103,21 @@ impl Core {
             let value = serde_json::to_vec(&entry)
                 .map_err(|error| EngineError::Fatal(format!("ledger record: {error}")))?;
             let key = entry.key();
-            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                key: headers::TRANSACTION,
-                value: Some(&self.transaction_header[..]),
-            });
-            let record: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(&self.ledger_topic, 0)
-                    .key(key.as_bytes())
-                    .payload(&value[..])
-                    .headers(headers);
-            send_with_backpressure(&self.producer, record)?;
+            self.io.send(&OutRecord {
+                topic: &self.ledger_topic,
+                partition: None,
+                key: Some(key.as_bytes()),
+                value: Some(&value[..]),
+                headers: &[(headers::TRANSACTION, Some(&self.transaction_header[..]))],
+                timestamp_ms: None,
+                tag: 0,
+            })?;
         }
         Ok(())
     }
 
     fn after_commit(&mut self, started: Instant) -> Result<()> {
-        let delivered = self.producer.context().take_changelog_offsets();
+        let delivered = self.io.deliveries().take_changelog_offsets();
         let mut batch = self.backend.commit_batch();
         for ((pipeline_index, partition), task) in self.tasks.iter_mut() {
             if !task.touched {
@@ -1225,7 +1219,11 @@ impl Core {
 
     /// Handles a failed transactional call: abortable errors abort and rewind; anything else is
     /// fatal for this producer.
-    fn recover(&mut self, consumer: &BaseConsumer<EngineContext>, error: KafkaError) -> Result<()> {
+    fn recover<C: GroupIo<Metadata = Io::GroupMetadata>>(
+        &mut self,
+        consumer: &C,
+        error: KafkaError,
+    ) -> Result<()> {
         let abortable = match &error {
             KafkaError::Transaction(inner) => inner.txn_requires_abort(),
             // A delivery or send failure inside the transaction: abort it.
@@ -1247,9 +1245,9 @@ impl Core {
 
     /// Aborts the open transaction, rewinds every partition it read to where it began, and
     /// returns operator state to the last commit. Partitions in `leaving` are not rewound.
-    pub fn abort(
+    pub fn abort<C: GroupIo<Metadata = Io::GroupMetadata>>(
         &mut self,
-        consumer: &BaseConsumer<EngineContext>,
+        consumer: &C,
         leaving: &[(usize, i32)],
     ) -> Result<()> {
         if !self.transaction_open {
@@ -1258,7 +1256,7 @@ impl Core {
         if self.guarantee == ProcessingGuarantee::ExactlyOnce {
             let mut attempt = 0;
             loop {
-                match self.producer.abort_transaction(KAFKA_CALL_TIMEOUT) {
+                match self.io.abort_transaction(KAFKA_CALL_TIMEOUT) {
                     Ok(()) => break,
                     Err(error) if is_retriable(&error) && attempt < COMMIT_RETRIES => attempt += 1,
                     Err(error) => return Err(EngineError::Fatal(error.to_string())),
@@ -1266,11 +1264,12 @@ impl Core {
             }
         } else {
             // Outputs may already be out; at-least-once accepts re-sending them.
-            let _ = self.producer.flush(KAFKA_CALL_TIMEOUT);
+            let _ = self.io.flush(KAFKA_CALL_TIMEOUT);
         }
-        self.producer.context().take_changelog_offsets();
-        self.producer.context().take_failed();
-        self.producer.context().take_copies();
+        let deliveries = self.io.deliveries();
+        deliveries.take_changelog_offsets();
+        deliveries.take_failed();
+        deliveries.take_copies();
         self.lineage_edges.clear();
         for ((route, partition), position) in self.positions.iter_mut() {
             position.ledger = LedgerCounts::default();
@@ -1284,7 +1283,7 @@ impl Core {
                     .seek(
                         &self.routes[*route].topic,
                         *partition,
-                        Offset::Offset(first),
+                        first,
                         KAFKA_CALL_TIMEOUT,
                     )
                     .map_err(|error| {
@@ -1323,9 +1322,9 @@ impl Core {
 
     /// Partitions are leaving: commit what was done (or abort, if they were lost), then drop
     /// their state.
-    pub fn on_revoke(
+    pub fn on_revoke<C: GroupIo<Metadata = Io::GroupMetadata>>(
         &mut self,
-        consumer: &BaseConsumer<EngineContext>,
+        consumer: &C,
         partitions: &TopicPartitionList,
         lost: bool,
     ) {
@@ -1364,9 +1363,9 @@ impl Core {
     }
 
     /// Partitions arrived: restore their state before any of their records is processed.
-    pub fn on_assign(
+    pub fn on_assign<C: GroupIo<Metadata = Io::GroupMetadata>>(
         &mut self,
-        consumer: &BaseConsumer<EngineContext>,
+        consumer: &C,
         partitions: &TopicPartitionList,
     ) {
         if self.fatal.is_some() {
@@ -1388,9 +1387,9 @@ impl Core {
         );
     }
 
-    fn assign(
+    fn assign<C: GroupIo<Metadata = Io::GroupMetadata>>(
         &mut self,
-        consumer: &BaseConsumer<EngineContext>,
+        consumer: &C,
         partitions: &TopicPartitionList,
     ) -> Result<()> {
         let mut consumed = TopicPartitionList::new();
@@ -1428,7 +1427,7 @@ impl Core {
             for (store_index, (store, topic)) in pipeline.stores.iter().enumerate() {
                 let slot = self.changelog_slot[index][store_index];
                 let reached = restore_partition(
-                    &self.restore_consumer,
+                    &self.io,
                     &self.backend,
                     RestoreTarget {
                         store: *store,
@@ -1489,8 +1488,8 @@ impl Core {
 }
 
 /// Sends what leaves an operator chain into the open transaction.
-struct Publisher<'a> {
-    producer: &'a TransactionalProducer,
+struct Publisher<'a, Io> {
+    producer: &'a Io,
     transaction: &'a [u8],
     port_topics: &'a [Option<String>; Port::ALL.len()],
     port_encoders: &'a [Option<AvroRecordEncoder>; Port::ALL.len()],
@@ -1511,7 +1510,7 @@ struct Publisher<'a> {
     error: Option<KafkaError>,
 }
 
-impl Sink for Publisher<'_> {
+impl<Io: KafkaIo> Sink for Publisher<'_, Io> {
     fn send(
         &mut self,
         operator: usize,
@@ -1622,8 +1621,8 @@ impl Sink for Publisher<'_> {
 }
 
 /// Republishes `record` (original key, value and headers) to `topic` with breadcrumb's headers.
-fn send_record(
-    producer: &TransactionalProducer,
+fn send_record<Io: KafkaIo>(
+    producer: &Io,
     topic: &str,
     record: &RawRecord<'_>,
     key_override: Option<&[u8]>,
@@ -1645,8 +1644,8 @@ fn send_record(
 
 /// [`send_record`] with a delivery tag (a lineage copy's, see [`super::edges`]).
 #[allow(clippy::too_many_arguments)] // send_record's arguments plus the tag; called twice.
-fn send_tagged_record(
-    producer: &TransactionalProducer,
+fn send_tagged_record<Io: KafkaIo>(
+    producer: &Io,
     topic: &str,
     record: &RawRecord<'_>,
     key_override: Option<&[u8]>,
@@ -1655,57 +1654,41 @@ fn send_tagged_record(
     transaction: &[u8],
     tag: usize,
 ) -> std::result::Result<(), KafkaError> {
-    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + extra.len() + 4);
-    for (key, value) in record.headers {
-        headers = headers.insert(Header { key, value: *value });
-    }
-    for (key, value) in extra {
-        headers = headers.insert(Header {
-            key,
-            value: Some(*value),
-        });
-    }
+    let mut partition = itoa::Buffer::new();
+    let mut offset = itoa::Buffer::new();
+    let mut out_headers: SmallVec<[HeaderRef<'_>; 16]> = SmallVec::new();
+    out_headers.extend_from_slice(record.headers);
+    out_headers.extend(extra.iter().map(|(key, value)| (*key, Some(*value))));
     if add_source_headers {
-        let mut partition = itoa::Buffer::new();
-        let mut offset = itoa::Buffer::new();
-        headers = headers
-            .insert(Header {
-                key: headers::SOURCE_TOPIC,
-                value: Some(record.topic.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::SOURCE_PARTITION,
-                value: Some(partition.format(record.partition).as_bytes()),
-            })
-            .insert(Header {
-                key: headers::SOURCE_OFFSET,
-                value: Some(offset.format(record.offset).as_bytes()),
-            });
+        out_headers.extend_from_slice(&[
+            (headers::SOURCE_TOPIC, Some(record.topic.as_bytes())),
+            (
+                headers::SOURCE_PARTITION,
+                Some(partition.format(record.partition).as_bytes()),
+            ),
+            (
+                headers::SOURCE_OFFSET,
+                Some(offset.format(record.offset).as_bytes()),
+            ),
+        ]);
     }
-    headers = headers.insert(Header {
-        key: headers::TRANSACTION,
-        value: Some(transaction),
-    });
-    let mut base: BaseRecord<'_, [u8], [u8], usize> =
-        BaseRecord::with_opaque_to(topic, tag).headers(headers);
+    out_headers.push((headers::TRANSACTION, Some(transaction)));
     // Outputs keep the input's timestamp, as Kafka Streams does: event time stays event time,
     // and end-to-end latency stays measurable downstream.
-    if let Some(timestamp) = record.timestamp_ms {
-        base = base.timestamp(timestamp);
-    }
-    if let Some(key) = key_override.or(record.key) {
-        base = base.key(key);
-    }
-    if let Some(value) = record.value {
-        base = base.payload(value);
-    }
-    send_with_backpressure(producer, base)
+    producer.send(&OutRecord {
+        topic,
+        partition: None,
+        key: key_override.or(record.key),
+        value: record.value,
+        headers: &out_headers,
+        timestamp_ms: record.timestamp_ms,
+        tag,
+    })
 }
 
 /// Where one pipeline's dead letters go within the open transaction.
-#[derive(Clone, Copy)]
-struct DeadLetters<'a> {
-    producer: &'a TransactionalProducer,
+struct DeadLetters<'a, Io> {
+    producer: &'a Io,
     topic: &'a str,
     pipeline: &'a str,
     /// Keep only coordinates and reason (the pipeline rewrites personal data).
@@ -1714,9 +1697,9 @@ struct DeadLetters<'a> {
     add_source_headers: bool,
 }
 
-impl<'a> DeadLetters<'a> {
+impl<'a, Io: KafkaIo> DeadLetters<'a, Io> {
     fn new(
-        producer: &'a TransactionalProducer,
+        producer: &'a Io,
         topic: &'a str,
         pipeline: &'a Pipeline,
         transaction: &'a [u8],
@@ -1776,28 +1759,6 @@ impl<'a> DeadLetters<'a> {
     }
 }
 
-/// Enqueues a record, waiting while librdkafka's queue is full: the queue's bound is the
-/// engine's backpressure.
-fn send_with_backpressure<K, P>(
-    producer: &TransactionalProducer,
-    mut record: BaseRecord<'_, K, P, usize>,
-) -> std::result::Result<(), KafkaError>
-where
-    K: ToBytes + ?Sized,
-    P: ToBytes + ?Sized,
-{
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((error, _)) => return Err(error),
-        }
-    }
-}
-
 /// Whether a record of a lineage pipeline's repartition topic is a span part, not an event.
 fn is_span_record(record: &RawRecord<'_>) -> bool {
     record
@@ -1829,7 +1790,7 @@ fn is_fatal(error: &RDKafkaError) -> bool {
 }
 
 /// State queries (the HTTP query API, `crate::query`), answered between records.
-impl Core {
+impl<Io: KafkaIo> Core<Io> {
     /// Answers `query` from every restored local partition of the pipelines that can answer
     /// it. Reads only; a failing lookup is reported in the answer, never fatal to the loop.
     pub fn answer_query(&mut self, query: &crate::query::Query) -> crate::query::LocalAnswer {

@@ -11,6 +11,7 @@ mod chain;
 pub mod context;
 mod core;
 mod edges;
+pub mod io;
 pub mod pipeline;
 mod quarantine;
 pub mod restore;
@@ -28,9 +29,9 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use self::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
-use self::core::{Core, CoreParts};
-pub use self::core::{COMMIT_DELAY_ENV, PANIC_ON_ID_ENV};
-use self::stall::StallFlag;
+pub use self::core::{Core, CoreParts, COMMIT_DELAY_ENV, PANIC_ON_ID_ENV};
+use self::io::RdKafkaIo;
+pub use self::stall::StallFlag;
 use crate::config::{EngineConfig, ProcessingGuarantee};
 use crate::error::{EngineError, Result};
 use crate::http::Health;
@@ -124,6 +125,14 @@ pub fn planned_topics(config: &EngineConfig) -> Result<Vec<TopicSpec>> {
         })
         .collect();
     let counts = topics::partition_counts(&base_client_config(config), &inputs)?;
+    planned_topics_for(config, &counts)
+}
+
+/// [`planned_topics`] with the input topics' partition counts given.
+pub fn planned_topics_for(
+    config: &EngineConfig,
+    counts: &BTreeMap<String, i32>,
+) -> Result<Vec<TopicSpec>> {
     let mut specs = Vec::new();
     let mut max_partitions = 1;
     for (name, pipeline) in &config.pipelines {
@@ -295,8 +304,10 @@ fn run_once(
         pipelines,
         routes,
         backend: backend.clone(),
-        producer,
-        restore_consumer,
+        io: RdKafkaIo {
+            producer,
+            restore_consumer,
+        },
         journal,
         metrics: metrics.clone(),
         health: health.clone(),
@@ -341,7 +352,7 @@ fn run_once(
             ));
         }
     }
-    let flushed = core.producer().flush(Duration::from_secs(10));
+    let flushed = core.io().producer.flush(Duration::from_secs(10));
     if let Err(error) = flushed {
         tracing::debug!(%error, "Producer flush at shutdown.");
     }

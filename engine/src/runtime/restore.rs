@@ -3,17 +3,11 @@
 use std::time::{Duration, Instant};
 
 use breadcrumb_state::format::decode_input_offset;
-use breadcrumb_state::{Checkpoint, RestoreWriter, StateBackend, StoreId, INPUT_OFFSET_HEADER};
+use breadcrumb_state::{Checkpoint, RestoreWriter, StateBackend, StoreId};
 use prometheus::{IntCounter, IntGauge};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
-use super::context::EndOfPartitionContext;
+use super::io::ChangelogSource;
 use crate::error::{EngineError, Result};
-
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Progress handles of one store.
 pub struct RestoreMetrics {
@@ -34,14 +28,15 @@ pub struct RestoreTarget<'a> {
 /// Brings a store's partition up to date and returns the changelog offset it reached.
 ///
 /// Local state is trusted from its checkpoint on; the changelog tail past it is applied in order.
-/// The tail is read to the end of the partition as the consumer sees it. Records whose input offset is at or past `committed_input` (the group's committed offset, or
-/// nothing committed at all) came from a transaction that never committed, on a broker that shows
+/// The tail is read to the end of the partition as a read_committed reader sees it. Records
+/// whose input offset is at or past `committed_input` (the group's committed offset, or nothing
+/// committed at all) came from a transaction that never committed, on a broker that shows
 /// such records: they are skipped. A deterministic operator rewrites the same values when it
 /// reprocesses those inputs. A checkpoint ahead of the group (offsets reset by an operator) or
 /// past the changelog's end (the topic was recreated) is not trusted: the partition is rebuilt
 /// from the changelog's start.
-pub fn restore_partition(
-    consumer: &BaseConsumer<EndOfPartitionContext>,
+pub fn restore_partition<Source: ChangelogSource>(
+    io: &Source,
     backend: &StateBackend,
     target: RestoreTarget<'_>,
     timeout: Duration,
@@ -54,7 +49,7 @@ pub fn restore_partition(
         committed_input,
     } = target;
     let committed_input_offset = committed_input.unwrap_or(0);
-    let (low, high) = consumer.fetch_watermarks(changelog_topic, partition, WATERMARK_TIMEOUT)?;
+    let (low, high) = io.changelog_watermarks(changelog_topic, partition)?;
     let checkpoint = backend.checkpoint(store, partition)?;
     let start = match checkpoint {
         Some(checkpoint)
@@ -77,76 +72,33 @@ pub fn restore_partition(
         to = high,
         "Restoring state from changelog."
     );
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(changelog_topic, partition, Offset::Offset(start))?;
-    consumer.assign(&assignment)?;
     let mut writer = RestoreWriter::new(backend, store, partition);
-    let mut next = start;
-    // The high watermark only estimates progress: the end is where the consumer reports the end
+    // The high watermark only estimates progress: the end is where the reader reports the end
     // of the partition (the last stable offset for a read_committed reader), because some
     // brokers under-report watermarks and transaction markers sit between records.
     let mut reported_remaining = (high - start).max(0);
     metrics.remaining.add(reported_remaining);
-    let outcome = loop {
-        if started.elapsed() > timeout {
-            break Err(EngineError::RestoreTimeout {
+    let outcome = io.read_changelog(changelog_topic, partition, start, timeout, &mut |record| {
+        let Some(input_offset) = record.input_offset.and_then(decode_input_offset) else {
+            return Err(EngineError::Changelog {
                 topic: changelog_topic.to_owned(),
                 partition,
-                elapsed_ms: started.elapsed().as_millis(),
+                offset: record.offset,
+                reason: "record lacks its input-offset header",
             });
+        };
+        if input_offset < committed_input_offset {
+            writer.apply(record.key.unwrap_or_default(), record.value)?;
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                let offset = message.offset();
-                let input_offset = message
-                    .headers()
-                    .and_then(|headers| {
-                        headers
-                            .iter()
-                            .find(|header| header.key == INPUT_OFFSET_HEADER)
-                            .and_then(|header| header.value)
-                    })
-                    .and_then(decode_input_offset);
-                let Some(input_offset) = input_offset else {
-                    break Err(EngineError::Changelog {
-                        topic: changelog_topic.to_owned(),
-                        partition,
-                        offset,
-                        reason: "record lacks its input-offset header",
-                    });
-                };
-                if input_offset < committed_input_offset {
-                    let key = message.key().unwrap_or_default();
-                    if let Err(error) = writer.apply(key, message.payload()) {
-                        break Err(error.into());
-                    }
-                }
-                next = offset + 1;
-                let remaining = (high - next).max(0);
-                if reported_remaining - remaining >= 1_000 {
-                    metrics.remaining.sub(reported_remaining - remaining);
-                    reported_remaining = remaining;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                // Read-committed consumers reach the end at the last stable offset; transaction
-                // markers may sit between the last record and the high watermark.
-                if let Ok(position) = consumer.position() {
-                    if let Some(element) = position.find_partition(changelog_topic, partition) {
-                        if let Offset::Offset(offset) = element.offset() {
-                            next = next.max(offset);
-                        }
-                    }
-                }
-                break Ok(());
-            }
-            Some(Err(error)) => break Err(error.into()),
-            None => {}
+        let remaining = (high - record.offset - 1).max(0);
+        if reported_remaining - remaining >= 1_000 {
+            metrics.remaining.sub(reported_remaining - remaining);
+            reported_remaining = remaining;
         }
-    };
+        Ok(())
+    });
     metrics.remaining.sub(reported_remaining);
-    consumer.unassign()?;
-    outcome?;
+    let next = outcome?;
     metrics.applied.inc_by(writer.applied());
     let applied = writer.finish(Checkpoint {
         changelog_next_offset: next,
