@@ -19,6 +19,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+#[cfg(test)]
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -107,6 +109,8 @@ pub struct LogStats {
     pub stale_generation_commits: u64,
     pub unstable_offset_fetches: u64,
     pub timed_out_transactions: u64,
+    /// Records the engine read (consumed or restored) from transactions that did not commit.
+    pub aborted_reads: u64,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +132,9 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Cluster {
     state: RefCell<State>,
+    /// Broken on purpose: `read_committed` readers also get records of aborted transactions,
+    /// as Nisshi 0.7 and librdkafka's mock cluster give them. Proves the checks can fail.
+    shows_aborted: Cell<bool>,
 }
 
 /// FNV-1a: the model's partitioner (any deterministic hash will do).
@@ -147,6 +154,11 @@ fn fenced() -> KafkaError {
 impl Cluster {
     pub fn new() -> Rc<Self> {
         Rc::new(Self::default())
+    }
+
+    /// Makes the log show aborted records to `read_committed` readers (a broken broker).
+    pub fn show_aborted_records(&self) {
+        self.shows_aborted.set(true);
     }
 
     pub fn create_topic(&self, name: &str, partitions: i32) {
@@ -247,9 +259,10 @@ impl Cluster {
                 break;
             }
             reached = record.offset + 1;
-            let aborted = record
-                .txn
-                .is_some_and(|txn| state.txns[&txn] != TxnState::Committed);
+            let aborted = !self.shows_aborted.get()
+                && record
+                    .txn
+                    .is_some_and(|txn| state.txns[&txn] != TxnState::Committed);
             if !record.control && !aborted {
                 return (Some(record.clone()), reached);
             }
@@ -273,6 +286,59 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Counts a record the engine read if its transaction did not commit.
+    fn note_engine_read(&self, record: &StoredRecord) {
+        let mut state = self.state.borrow_mut();
+        if record
+            .txn
+            .is_some_and(|txn| state.txns[&txn] != TxnState::Committed)
+        {
+            state.stats.aborted_reads += 1;
+        }
+    }
+
+    /// Log compaction of `topic` below each partition's last stable offset: per key only the
+    /// last committed record stays (tombstones too); aborted records and markers go. Offsets
+    /// keep their values, so readers meet gaps. Returns the records removed.
+    pub fn compact(&self, topic: &str) -> u64 {
+        let mut state = self.state.borrow_mut();
+        let partitions = state.topics.get(topic).map_or(0, Vec::len) as i32;
+        let mut removed = 0;
+        for partition in 0..partitions {
+            let stable = Self::last_stable(&state, topic, partition);
+            let txns = &state.txns;
+            let log = &state.topics[topic][partition as usize];
+            let mut last_of_key: HashMap<&[u8], i64> = HashMap::new();
+            for record in &log.records {
+                let committed = record
+                    .txn
+                    .is_none_or(|txn| txns[&txn] == TxnState::Committed);
+                if record.offset < stable && !record.control && committed {
+                    last_of_key.insert(record.key.as_deref().unwrap_or_default(), record.offset);
+                }
+            }
+            let keep: Vec<bool> = log
+                .records
+                .iter()
+                .map(|record| {
+                    record.offset >= stable
+                        || (!record.control
+                            && last_of_key.get(record.key.as_deref().unwrap_or_default())
+                                == Some(&record.offset))
+                })
+                .collect();
+            let log = &mut state.topics.get_mut(topic).expect("exists")[partition as usize];
+            let before = log.records.len();
+            let mut index = 0;
+            log.records.retain(|_| {
+                index += 1;
+                keep[index - 1]
+            });
+            removed += (before - log.records.len()) as u64;
+        }
+        removed
     }
 
     /// Records of transactions that aborted (control markers excluded), across all topics.
@@ -629,6 +695,7 @@ impl ChangelogSource for ModelProducer {
             let (record, next) = self.cluster.fetch(topic, partition, position);
             position = next;
             let Some(record) = record else { break };
+            self.cluster.note_engine_read(&record);
             let input_offset = record
                 .headers
                 .iter()
@@ -714,6 +781,7 @@ impl ModelConsumer {
                 .borrow_mut()
                 .insert((topic.clone(), *partition), next);
             if let Some(record) = record {
+                self.cluster.note_engine_read(&record);
                 found = Some(ModelMessage {
                     topic: topic.clone(),
                     partition: *partition,
@@ -857,5 +925,218 @@ impl Incoming for ModelMessage {
             }
         }
         invalid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn record<'a>(topic: &'a str, partition: i32, value: &'a [u8]) -> OutRecord<'a> {
+        OutRecord {
+            topic,
+            partition: Some(partition),
+            key: None,
+            value: Some(value),
+            headers: &[],
+            timestamp_ms: None,
+            tag: 0,
+        }
+    }
+
+    fn values(cluster: &Cluster, topic: &str) -> Vec<Vec<u8>> {
+        cluster
+            .read_committed(topic)
+            .into_iter()
+            .filter_map(|(_, record)| record.value)
+            .collect()
+    }
+
+    fn offsets(topic: &str, partition: i32, offset: i64) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .expect("valid offset");
+        list
+    }
+
+    #[test]
+    fn read_committed_stops_at_the_last_stable_offset_and_skips_aborted_records() {
+        let cluster = Cluster::new();
+        cluster.create_topic("out", 1);
+        let first = ModelProducer::init(cluster.clone(), "first");
+        let second = ModelProducer::init(cluster.clone(), "second");
+        first.begin_transaction().unwrap();
+        first.send(&record("out", 0, b"aborted")).unwrap();
+        first.abort_transaction(TIMEOUT).unwrap();
+        second.begin_transaction().unwrap();
+        second.send(&record("out", 0, b"committed")).unwrap();
+        first.begin_transaction().unwrap();
+        first.send(&record("out", 0, b"open")).unwrap();
+        second.commit_transaction(TIMEOUT).unwrap();
+        // "committed" sits before the open transaction: visible; "open" is not.
+        assert_eq!(values(&cluster, "out"), vec![b"committed".to_vec()]);
+        let third = ModelProducer::init(cluster.clone(), "third");
+        third.begin_transaction().unwrap();
+        third
+            .send(&record("out", 0, b"behind the open one"))
+            .unwrap();
+        third.commit_transaction(TIMEOUT).unwrap();
+        // Committed, but past the last stable offset until the open transaction ends.
+        assert_eq!(values(&cluster, "out"), vec![b"committed".to_vec()]);
+        first.commit_transaction(TIMEOUT).unwrap();
+        assert_eq!(
+            values(&cluster, "out"),
+            vec![
+                b"committed".to_vec(),
+                b"open".to_vec(),
+                b"behind the open one".to_vec()
+            ]
+        );
+        // Markers take offsets: 4 records and 4 markers.
+        assert_eq!(cluster.stable_ends("out"), vec![8]);
+        // A broken log (as the test brokers are) shows the aborted record too.
+        cluster.show_aborted_records();
+        assert_eq!(values(&cluster, "out").len(), 4);
+    }
+
+    #[test]
+    fn a_new_producer_fences_the_old_one_and_aborts_what_it_left_open() {
+        let cluster = Cluster::new();
+        cluster.create_topic("out", 1);
+        let old = ModelProducer::init(cluster.clone(), "engine-a");
+        old.begin_transaction().unwrap();
+        old.send(&record("out", 0, b"zombie")).unwrap();
+        let new = ModelProducer::init(cluster.clone(), "engine-a");
+        assert!(old.send(&record("out", 0, b"more")).is_err());
+        assert!(old.commit_transaction(TIMEOUT).is_err());
+        new.begin_transaction().unwrap();
+        new.send(&record("out", 0, b"new")).unwrap();
+        new.commit_transaction(TIMEOUT).unwrap();
+        assert_eq!(values(&cluster, "out"), vec![b"new".to_vec()]);
+        assert_eq!(cluster.stats().fenced_calls, 2);
+        // The coordinator's timeout fences the same way.
+        new.begin_transaction().unwrap();
+        new.send(&record("out", 0, b"timed out")).unwrap();
+        assert!(cluster.time_out_transaction("engine-a"));
+        assert!(new.commit_transaction(TIMEOUT).is_err());
+        assert_eq!(values(&cluster, "out"), vec![b"new".to_vec()]);
+    }
+
+    #[test]
+    fn offsets_commit_with_the_transaction_and_a_stale_generation_is_refused() {
+        let cluster = Cluster::new();
+        cluster.create_topic("in", 1);
+        cluster.create_topic("out", 1);
+        let member = ModelConsumer::new(cluster.clone(), "a");
+        member.generation.set(cluster.rebalance(&["a"]));
+        let producer = ModelProducer::init(cluster.clone(), "engine-a");
+        producer.begin_transaction().unwrap();
+        producer.send(&record("out", 0, b"x")).unwrap();
+        let metadata = member.group_metadata().unwrap();
+        producer
+            .send_offsets_to_transaction(&offsets("in", 0, 5), &metadata, TIMEOUT)
+            .unwrap();
+        // Pending offsets: a new owner's fetch is refused as unstable, not answered stale.
+        let mut asked = TopicPartitionList::new();
+        asked.add_partition("in", 0);
+        assert!(member.committed_offsets(asked.clone(), TIMEOUT).is_err());
+        assert_eq!(cluster.committed_offset("in", 0), None);
+        producer.commit_transaction(TIMEOUT).unwrap();
+        assert_eq!(cluster.committed_offset("in", 0), Some(5));
+        let answer = member.committed_offsets(asked, TIMEOUT).unwrap();
+        assert_eq!(answer.elements()[0].offset(), Offset::Offset(5));
+
+        // The group moves on without telling this member: its next offsets are refused.
+        cluster.rebalance(&["b"]);
+        producer.begin_transaction().unwrap();
+        producer.send(&record("out", 0, b"zombie")).unwrap();
+        let stale = member.group_metadata().unwrap();
+        assert!(producer
+            .send_offsets_to_transaction(&offsets("in", 0, 9), &stale, TIMEOUT)
+            .is_err());
+        producer.abort_transaction(TIMEOUT).unwrap();
+        assert_eq!(cluster.committed_offset("in", 0), Some(5));
+        assert_eq!(values(&cluster, "out"), vec![b"x".to_vec()]);
+        assert_eq!(cluster.stats().stale_generation_commits, 1);
+    }
+
+    #[test]
+    fn compaction_keeps_the_last_committed_record_per_key_and_leaves_offset_gaps() {
+        let cluster = Cluster::new();
+        cluster.create_topic("changelog", 1);
+        let producer = ModelProducer::init(cluster.clone(), "engine-a");
+        let keyed = |key: &'static [u8], value: Option<&'static [u8]>| OutRecord {
+            topic: "changelog",
+            partition: Some(0),
+            key: Some(key),
+            value,
+            headers: &[],
+            timestamp_ms: None,
+            tag: 0,
+        };
+        producer.begin_transaction().unwrap();
+        producer.send(&keyed(b"k1", Some(b"old"))).unwrap();
+        producer.send(&keyed(b"k2", Some(b"gone"))).unwrap();
+        producer.commit_transaction(TIMEOUT).unwrap();
+        producer.begin_transaction().unwrap();
+        producer.send(&keyed(b"k1", Some(b"aborted"))).unwrap();
+        producer.abort_transaction(TIMEOUT).unwrap();
+        producer.begin_transaction().unwrap();
+        producer.send(&keyed(b"k1", Some(b"new"))).unwrap();
+        producer.send(&keyed(b"k2", None)).unwrap();
+        producer.commit_transaction(TIMEOUT).unwrap();
+        producer.begin_transaction().unwrap();
+        producer.send(&keyed(b"k3", Some(b"open"))).unwrap();
+        let removed = cluster.compact("changelog");
+        // Gone: k1 "old", k2 "gone", k1 "aborted" and the three markers before the open one.
+        assert_eq!(removed, 6);
+        producer.commit_transaction(TIMEOUT).unwrap();
+        let read: Vec<(i64, Option<Vec<u8>>)> = cluster
+            .read_committed("changelog")
+            .into_iter()
+            .map(|(_, record)| (record.offset, record.value))
+            .collect();
+        assert_eq!(
+            read,
+            vec![
+                (5, Some(b"new".to_vec())),
+                (6, None),
+                (8, Some(b"open".to_vec()))
+            ]
+        );
+        assert_eq!(
+            producer.changelog_watermarks("changelog", 0).unwrap(),
+            (5, 10)
+        );
+    }
+
+    #[test]
+    fn a_scheduled_crash_unwinds_at_its_step_before_or_after_the_effect() {
+        let cluster = Cluster::new();
+        cluster.create_topic("out", 1);
+        let producer = ModelProducer::init(cluster.clone(), "engine-a");
+        producer.begin_transaction().unwrap();
+        let steps = cluster.stats().steps;
+        // The step after `send`'s effect: the record is in the log, the caller never learns.
+        cluster.crash_at(Some(steps + 2));
+        let crash = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _ = producer.send(&record("out", 0, b"landed"));
+        }))
+        .expect_err("the crash unwinds");
+        assert_eq!(crash.downcast_ref::<ModelCrash>().unwrap().step, steps + 2);
+        producer.commit_transaction(TIMEOUT).unwrap();
+        assert_eq!(values(&cluster, "out"), vec![b"landed".to_vec()]);
+        // The step before `send`'s effect: nothing lands.
+        producer.begin_transaction().unwrap();
+        let steps = cluster.stats().steps;
+        cluster.crash_at(Some(steps + 1));
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _ = producer.send(&record("out", 0, b"never"));
+        }))
+        .expect_err("the crash unwinds");
+        producer.commit_transaction(TIMEOUT).unwrap();
+        assert_eq!(values(&cluster, "out"), vec![b"landed".to_vec()]);
     }
 }
