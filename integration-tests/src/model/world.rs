@@ -904,10 +904,8 @@ impl World {
                     .violation("liveness", format!("not finished after {budget} actions"));
                 break;
             }
-            let faults_done =
-                faults_left == 0 && self.report.crashes >= u64::from(self.spec.faults);
-            if faults_done || faults_left == 0 {
-                // Heal: nothing paused or down for long, transactions of the dead time out.
+            if faults_left == 0 {
+                // Past the faults: nothing stays paused or down.
                 self.heal()?;
             }
             if faults_left > 0 && self.rng.random_bool(0.01) {
@@ -1015,11 +1013,26 @@ impl World {
     /// Checks every invariant against the log.
     fn check(&mut self, reference: Option<&Outputs>) -> Result<Outputs> {
         let config = self.instances[0].config.clone();
-        let pipeline = &config.pipelines[PIPELINE];
         let outputs = Outputs::read(&self.cluster, &config)?;
+        self.check_reads_and_outputs(&outputs);
+        if let Some(reference) = reference {
+            self.check_against(reference, &outputs);
+        }
+        // The reconciliation ledger against the topics.
+        let cluster = self.cluster.clone();
+        let ledger = verify_ledger_over(&config, PIPELINE, &None, &mut |topic| {
+            Ok(owned_messages(&cluster, topic))
+        })?;
+        for violation in ledger.violations {
+            self.report.violation("ledger", violation);
+        }
+        self.check_state(&config)?;
+        Ok(outputs)
+    }
 
-        // No aborted read: nothing the engine consumed or restored came from a transaction
-        // that did not commit.
+    /// No aborted read, no loss, no duplicates, per-key order, dead letters once.
+    fn check_reads_and_outputs(&mut self, outputs: &Outputs) {
+        // Nothing the engine consumed or restored came from a transaction that did not commit.
         let aborted_reads = self.cluster.stats().aborted_reads;
         if aborted_reads > 0 {
             self.report.violation(
@@ -1027,7 +1040,7 @@ impl World {
                 format!("the engine read {aborted_reads} records of aborted transactions"),
             );
         }
-        // No loss, no duplicates: every new event's id once on the output topic.
+        // Every new event's id once on the output topic.
         let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
         for (_, id, _) in outputs.main.values().flatten() {
             *seen.entry(id.as_str()).or_default() += 1;
@@ -1054,7 +1067,7 @@ impl World {
             );
         }
         self.report.events_out = seen.len() as u64;
-        // Per-key order: each account's sequence numbers ascend on the output topic.
+        // Each account's sequence numbers ascend on the output topic.
         for (key, events) in &outputs.main {
             let sequences: Vec<u64> = events.iter().map(|(sequence, _, _)| *sequence).collect();
             if sequences.windows(2).any(|pair| pair[0] >= pair[1]) {
@@ -1062,10 +1075,10 @@ impl World {
                     .violation("per-key order", format!("{key}: {sequences:?}"));
             }
         }
-        // Dead letters exactly once: each poison record once.
-        let mut dead: BTreeMap<(String, String), u64> = BTreeMap::new();
+        // Each poison record dead-lettered once.
+        let mut dead: BTreeMap<&(String, String), u64> = BTreeMap::new();
         for source in &outputs.dead_letters {
-            *dead.entry(source.clone()).or_default() += 1;
+            *dead.entry(source).or_default() += 1;
         }
         for (source, count) in &dead {
             if *count > 1 {
@@ -1086,47 +1099,44 @@ impl World {
             );
         }
         self.report.dead_letters = dead.len() as u64;
-        // The same output whatever the schedule (without a repartition topic, the only
-        // interleaving is the input's own order).
-        if let Some(reference) = reference {
-            if !self.spec.repartition && reference.main != outputs.main {
-                let differing: Vec<&String> = reference
-                    .main
-                    .keys()
-                    .chain(outputs.main.keys())
-                    .filter(|key| reference.main.get(*key) != outputs.main.get(*key))
-                    .take(3)
-                    .collect();
-                self.report.violation(
-                    "deterministic output",
-                    format!("output differs from the fault-free run for keys {differing:?}"),
-                );
-            }
-            if reference.dead_letters.len() != outputs.dead_letters.len()
-                || reference.duplicates != outputs.duplicates
-            {
-                self.report.violation(
-                    "deterministic output",
-                    format!(
-                        "dead letters {} vs {}, duplicates {} vs {}",
-                        outputs.dead_letters.len(),
-                        reference.dead_letters.len(),
-                        outputs.duplicates,
-                        reference.duplicates
-                    ),
-                );
-            }
+    }
+
+    /// The same output whatever the schedule. Without a repartition topic the only
+    /// interleaving is the input's own order, so every key's output must match the fault-free
+    /// run; with one, stage two's interleaving of stage one's partitions is the schedule's.
+    fn check_against(&mut self, reference: &Outputs, outputs: &Outputs) {
+        if !self.spec.repartition && reference.main != outputs.main {
+            let differing: Vec<&String> = reference
+                .main
+                .keys()
+                .chain(outputs.main.keys())
+                .filter(|key| reference.main.get(*key) != outputs.main.get(*key))
+                .take(3)
+                .collect();
+            self.report.violation(
+                "deterministic output",
+                format!("output differs from the fault-free run for keys {differing:?}"),
+            );
         }
-        // The reconciliation ledger against the topics.
-        let cluster = self.cluster.clone();
-        let ledger = verify_ledger_over(&config, PIPELINE, &None, &mut |topic| {
-            Ok(owned_messages(&cluster, topic))
-        })?;
-        for violation in ledger.violations {
-            self.report.violation("ledger", violation);
+        if reference.dead_letters != outputs.dead_letters
+            || reference.duplicates != outputs.duplicates
+        {
+            self.report.violation(
+                "deterministic output",
+                format!(
+                    "dead letters {} vs {}, duplicates {} vs {}",
+                    outputs.dead_letters.len(),
+                    reference.dead_letters.len(),
+                    outputs.duplicates,
+                    reference.duplicates
+                ),
+            );
         }
-        // State equals the state rebuilt from the committed changelog, on every running
-        // instance, for every partition it owns.
+    }
+
+    /// State equals the state rebuilt from the committed changelog, on every running
+    /// instance, for every partition it owns.
+    fn check_state(&mut self, config: &EngineConfig) -> Result<()> {
         let stateful_topic = self.subscribed.last().expect("subscribed").clone();
         for index in 0..self.instances.len() {
             let Status::Running(engine) = &self.instances[index].status else {
@@ -1140,17 +1150,12 @@ impl World {
                 .map(|(_, partition)| partition)
                 .collect();
             let backend = self.instances[index].backend.clone().expect("running");
-            for store in declared_store_names(&config) {
-                let changelog = config.changelog_topic(&store);
+            for store in declared_store_names(config) {
+                let changelog = self.cluster.read_committed(&config.changelog_topic(&store));
                 let id = backend.store_id(&store)?;
                 for &partition in &owned {
                     let mut rebuilt = BTreeMap::new();
-                    for (_, record) in self
-                        .cluster
-                        .read_committed(&changelog)
-                        .into_iter()
-                        .filter(|(p, _)| *p == partition)
-                    {
+                    for (_, record) in changelog.iter().filter(|(p, _)| *p == partition) {
                         let key = record.key.clone().unwrap_or_default();
                         match &record.value {
                             Some(bytes) => {
@@ -1187,8 +1192,7 @@ impl World {
                 }
             }
         }
-        let _ = pipeline;
-        Ok(outputs)
+        Ok(())
     }
 }
 
