@@ -343,9 +343,18 @@ impl<Io: KafkaIo> Core<Io> {
     }
 
     fn process_record<M: Incoming>(&mut self, route_index: usize, message: &M) -> Result<()> {
-        self.begin_if_needed()?;
         let partition = message.partition();
         let offset = message.offset();
+        // Where an abort rewinds to is recorded before anything can fail, the transaction's
+        // begin included: the consumer has moved past this record, and a record that fails
+        // half-way (a send error, a schema that cannot be fetched) must be read again. (The
+        // model tier found a record skipped after an abortable error from `begin`.)
+        self.positions
+            .entry((route_index, partition))
+            .or_insert_with(|| Position::new(offset - 1))
+            .first_in_transaction
+            .get_or_insert(offset);
+        self.begin_if_needed()?;
         let verdict = self.crash_guard.before(route_index, partition, offset)?;
         let mut header_refs: SmallVec<[HeaderRef<'_>; 16]> = SmallVec::new();
         let invalid_header_names = message.read_headers(&mut header_refs);
@@ -378,11 +387,8 @@ impl<Io: KafkaIo> Core<Io> {
             ..
         } = self;
         let position = positions
-            .entry((route_index, partition))
-            .or_insert_with(|| Position::new(offset - 1));
-        // Where an abort rewinds to is recorded before the record is processed: a record that
-        // fails half-way (a send error, a schema that cannot be fetched) must be read again.
-        position.first_in_transaction.get_or_insert(offset);
+            .get_mut(&(route_index, partition))
+            .expect("inserted above");
         let ledger = &mut position.ledger;
         ledger.input += 1;
         let route = &routes[route_index];
@@ -1250,10 +1256,9 @@ impl<Io: KafkaIo> Core<Io> {
         consumer: &C,
         leaving: &[(usize, i32)],
     ) -> Result<()> {
-        if !self.transaction_open {
-            return Ok(());
-        }
-        if self.guarantee == ProcessingGuarantee::ExactlyOnce {
+        // Records read while no transaction could be opened are rewound all the same.
+        let open = self.transaction_open;
+        if open && self.guarantee == ProcessingGuarantee::ExactlyOnce {
             let mut attempt = 0;
             loop {
                 match self.io.abort_transaction(KAFKA_CALL_TIMEOUT) {
@@ -1262,7 +1267,7 @@ impl<Io: KafkaIo> Core<Io> {
                     Err(error) => return Err(EngineError::Fatal(error.to_string())),
                 }
             }
-        } else {
+        } else if open {
             // Outputs may already be out; at-least-once accepts re-sending them.
             let _ = self.io.flush(KAFKA_CALL_TIMEOUT);
         }
@@ -1307,6 +1312,9 @@ impl<Io: KafkaIo> Core<Io> {
             *counts = PipelineCounts::default();
         }
         self.route_counts.iter_mut().for_each(|count| *count = 0);
+        if !open {
+            return Ok(());
+        }
         if let Some(journal) = self.journal.as_mut() {
             let header = String::from_utf8_lossy(&self.transaction_header).into_owned();
             journal.outcome(&header, false)?;

@@ -111,6 +111,8 @@ pub struct LogStats {
     pub timed_out_transactions: u64,
     /// Records the engine read (consumed or restored) from transactions that did not commit.
     pub aborted_reads: u64,
+    /// Producer calls answered with an injected abortable error.
+    pub injected_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +127,8 @@ struct State {
     /// Round-robin position per topic for records without a key or partition.
     round_robin: BTreeMap<String, i32>,
     crash_at: Option<u64>,
+    /// The first producer call at or after this step fails with an abortable error.
+    error_at: Option<u64>,
     stats: LogStats,
 }
 
@@ -180,6 +184,12 @@ impl Cluster {
     /// Schedules a crash at step `at` (replacing any scheduled one); `None` cancels.
     pub fn crash_at(&self, at: Option<u64>) {
         self.state.borrow_mut().crash_at = at;
+    }
+
+    /// Makes the first producer call at or after step `at` fail, without effect, with an
+    /// abortable error (a broker refusing a produce or a transactional request).
+    pub fn fail_call_at(&self, at: u64) {
+        self.state.borrow_mut().error_at = Some(at);
     }
 
     pub fn stats(&self) -> LogStats {
@@ -487,7 +497,13 @@ impl ModelProducer {
                 .producers
                 .get(&self.transactional_id)
                 .is_some_and(|producer| producer.epoch == self.epoch);
-            if current {
+            if state.error_at.is_some_and(|at| at <= state.stats.steps) {
+                state.error_at = None;
+                state.stats.injected_errors += 1;
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::NotEnoughReplicas,
+                ))
+            } else if current {
                 effect(&mut state, &self.transactional_id)
             } else {
                 state.stats.fenced_calls += 1;

@@ -88,6 +88,7 @@ pub struct ScheduleReport {
     /// Offsets a member sent with a stale group generation (refused: KIP-447 fencing).
     pub stale_generation_commits: u64,
     pub fenced_calls: u64,
+    pub injected_errors: u64,
     pub transaction_timeouts: u64,
     pub unstable_offset_fetches: u64,
     pub committed_transactions: u64,
@@ -116,6 +117,7 @@ impl ScheduleReport {
         self.zombie_commits_refused += other.zombie_commits_refused;
         self.stale_generation_commits += other.stale_generation_commits;
         self.fenced_calls += other.fenced_calls;
+        self.injected_errors += other.injected_errors;
         self.transaction_timeouts += other.transaction_timeouts;
         self.unstable_offset_fetches += other.unstable_offset_fetches;
         self.committed_transactions += other.committed_transactions;
@@ -141,6 +143,7 @@ impl ScheduleReport {
                 self.stale_generation_commits,
             ),
             ("calls of fenced producers refused", self.fenced_calls),
+            ("abortable broker errors", self.injected_errors),
             (
                 "transactions timed out by the coordinator",
                 self.transaction_timeouts,
@@ -765,7 +768,7 @@ impl World {
     }
 
     fn inject_fault(&mut self) -> Result<()> {
-        let choice = self.rng.random_range(0..7);
+        let choice = self.rng.random_range(0..8);
         match choice {
             // 1 → 2 → 1: the second instance joins or leaves cleanly.
             0 => {
@@ -867,6 +870,12 @@ impl World {
                 self.report.compactions += 1;
                 self.trace(format!("changelogs compacted: {removed} records removed"));
             }
+            // A broker refuses one of the next producer calls (abortable).
+            6 => {
+                let at = self.cluster.stats().steps + self.rng.random_range(1..=300);
+                self.cluster.fail_call_at(at);
+                self.trace(format!("a producer call at or after step {at} will fail"));
+            }
             // A down instance restarts and rejoins.
             _ => self.restart_down()?,
         }
@@ -954,6 +963,7 @@ impl World {
         let stats = self.cluster.stats();
         self.report.steps = stats.steps;
         self.report.fenced_calls = stats.fenced_calls;
+        self.report.injected_errors = stats.injected_errors;
         self.report.committed_transactions = stats.committed_transactions;
         self.report.aborted_transactions = stats.aborted_transactions;
         self.report.unstable_offset_fetches = stats.unstable_offset_fetches;
