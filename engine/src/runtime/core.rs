@@ -1435,7 +1435,7 @@ impl<Io: KafkaIo> Core<Io> {
             for (store_index, (store, topic)) in pipeline.stores.iter().enumerate() {
                 let slot = self.changelog_slot[index][store_index];
                 let reached = restore_partition(
-                    &self.io,
+                    self.io.changelogs(),
                     &self.backend,
                     RestoreTarget {
                         store: *store,

@@ -3,9 +3,9 @@
 //! the fault suite, `integration-tests/src/model/`), which injects crashes between any two of
 //! these calls.
 //!
-//! Three seams: [`KafkaIo`] is the transactional producer plus the restore consumer; [`GroupIo`]
-//! is the group consumer as the core sees it inside the processing loop and the rebalance
-//! callbacks; [`Incoming`] is one consumed record.
+//! The seams: [`KafkaIo`] is the transactional producer, with the [`ChangelogSource`] restores
+//! read; [`GroupIo`] is the group consumer as the core sees it inside the processing loop and
+//! the rebalance callbacks; [`Incoming`] is one consumed record.
 
 use std::time::{Duration, Instant};
 
@@ -54,9 +54,13 @@ pub struct ChangelogRecord<'a> {
 }
 
 /// The transactional producer and the restore consumer.
-pub trait KafkaIo: ChangelogSource {
+pub trait KafkaIo {
     /// What the group consumer hands the producer with the transaction's input offsets.
     type GroupMetadata;
+    /// Where restores read changelogs.
+    type Changelogs: ChangelogSource;
+
+    fn changelogs(&self) -> &Self::Changelogs;
 
     fn begin_transaction(&self) -> std::result::Result<(), KafkaError>;
     /// Enqueues a record into the open transaction, waiting while the client's queue is full.
@@ -143,6 +147,11 @@ pub struct RdKafkaIo {
 
 impl KafkaIo for RdKafkaIo {
     type GroupMetadata = ConsumerGroupMetadata;
+    type Changelogs = BaseConsumer<EndOfPartitionContext>;
+
+    fn changelogs(&self) -> &Self::Changelogs {
+        &self.restore_consumer
+    }
 
     fn begin_transaction(&self) -> std::result::Result<(), KafkaError> {
         self.producer.begin_transaction()
@@ -207,28 +216,6 @@ impl KafkaIo for RdKafkaIo {
     }
 }
 
-impl ChangelogSource for RdKafkaIo {
-    fn changelog_watermarks(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> std::result::Result<(i64, i64), KafkaError> {
-        self.restore_consumer.changelog_watermarks(topic, partition)
-    }
-
-    fn read_changelog(
-        &self,
-        topic: &str,
-        partition: i32,
-        start: i64,
-        timeout: Duration,
-        apply: &mut dyn FnMut(ChangelogRecord<'_>) -> Result<()>,
-    ) -> Result<i64> {
-        self.restore_consumer
-            .read_changelog(topic, partition, start, timeout, apply)
-    }
-}
-
 impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
     fn changelog_watermarks(
         &self,
@@ -246,11 +233,10 @@ impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
         timeout: Duration,
         apply: &mut dyn FnMut(ChangelogRecord<'_>) -> Result<()>,
     ) -> Result<i64> {
-        let consumer = self;
         let started = Instant::now();
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
-        consumer.assign(&assignment)?;
+        self.assign(&assignment)?;
         let mut next = start;
         let outcome = loop {
             if started.elapsed() > timeout {
@@ -260,7 +246,7 @@ impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
                     elapsed_ms: started.elapsed().as_millis(),
                 });
             }
-            match consumer.poll(RESTORE_POLL) {
+            match self.poll(RESTORE_POLL) {
                 Some(Ok(message)) => {
                     let input_offset = message.headers().and_then(|headers| {
                         headers
@@ -283,7 +269,7 @@ impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
                     // Read-committed consumers reach the end at the last stable offset;
                     // transaction markers may sit between the last record and the high
                     // watermark.
-                    if let Ok(position) = consumer.position() {
+                    if let Ok(position) = self.position() {
                         if let Some(element) = position.find_partition(topic, partition) {
                             if let Offset::Offset(offset) = element.offset() {
                                 next = next.max(offset);
@@ -296,7 +282,7 @@ impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
                 None => {}
             }
         };
-        consumer.unassign()?;
+        self.unassign()?;
         outcome
     }
 }

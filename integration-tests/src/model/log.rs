@@ -517,6 +517,11 @@ impl ModelProducer {
 
 impl KafkaIo for ModelProducer {
     type GroupMetadata = ModelGroupMetadata;
+    type Changelogs = Self;
+
+    fn changelogs(&self) -> &Self {
+        self
+    }
 
     fn begin_transaction(&self) -> std::result::Result<(), KafkaError> {
         self.call(|state, id| {
