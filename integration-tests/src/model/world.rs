@@ -27,6 +27,13 @@ use rdkafka::TopicPartitionList;
 
 use super::log::{Cluster, ModelConsumer, ModelCrash, ModelMessage, ModelProducer, StoredRecord};
 
+/// Personal data planted in every event (`data.email`), tokenized by the pipeline's PII rule.
+pub const EMAIL_CANARY: &str = "canary.payer.5d1a@example.org";
+/// A secret in a redacted `[kafka]` key.
+pub const SECRET_CANARY: &str = "canary-secret-77f3e0";
+/// The PII rule's HMAC key.
+pub const PII_KEY_CANARY: &str = "canary-pii-key-0b9c4a8e";
+
 const INPUT_TOPIC: &str = "payments";
 const PIPELINE: &str = "payments";
 const INSTANCES: [&str; 2] = ["a", "b"];
@@ -60,7 +67,7 @@ impl ScheduleSpec {
 }
 
 /// Every invariant a schedule is checked for.
-pub const INVARIANTS: [&str; 9] = [
+pub const INVARIANTS: [&str; 10] = [
     "no aborted read",
     "no loss",
     "no duplicates",
@@ -70,6 +77,7 @@ pub const INVARIANTS: [&str; 9] = [
     "ledger",
     "state equals changelog",
     "liveness",
+    "no canary in logs or metrics",
 ];
 
 /// What one schedule did and found.
@@ -97,6 +105,8 @@ pub struct ScheduleReport {
     pub events_in: u64,
     pub events_out: u64,
     pub dead_letters: u64,
+    /// Bytes of engine logs searched for canaries.
+    pub log_bytes: u64,
     /// Violations found, by invariant.
     pub violations: BTreeMap<&'static str, Vec<String>>,
     /// The last actions, for a failure report.
@@ -126,6 +136,7 @@ impl ScheduleReport {
         self.events_in += other.events_in;
         self.events_out += other.events_out;
         self.dead_letters += other.dead_letters;
+        self.log_bytes += other.log_bytes;
     }
 
     /// These totals over `schedules` as a markdown table of faults and one of invariants.
@@ -154,14 +165,15 @@ impl ScheduleReport {
             out.push_str(&format!("| {fault} | {count} |\n"));
         }
         out.push_str(&format!(
-            "\n{schedules} schedules, {} I/O steps, {} transactions committed, {} aborted ({} records), {} events in, {} distinct out, {} dead letters\n\n| invariant | violations |\n|---|---|\n",
+            "\n{schedules} schedules, {} I/O steps, {} transactions committed, {} aborted ({} records), {} events in, {} distinct out, {} dead letters, {} log bytes searched\n\n| invariant | violations |\n|---|---|\n",
             self.steps,
             self.committed_transactions,
             self.aborted_transactions,
             self.aborted_records,
             self.events_in,
             self.events_out,
-            self.dead_letters
+            self.dead_letters,
+            self.log_bytes
         ));
         for invariant in INVARIANTS {
             out.push_str(&format!(
@@ -246,6 +258,7 @@ pub fn quiet_injected_crashes() {
 }
 
 fn engine_config(
+    key_file: &Path,
     dir: &Path,
     instance: &str,
     spec: &ScheduleSpec,
@@ -268,6 +281,7 @@ dead_letter_topic = "model-dlq"
 
 [kafka]
 "bootstrap.servers" = "model.invalid:9092"
+"sasl.password" = "{SECRET_CANARY}"
 
 [state]
 dir = "{state}"
@@ -288,11 +302,16 @@ duplicates_topic = "payments-dups"
 [pipelines.{PIPELINE}.decoder]
 format = "cloudevents"
 
+[pipelines.{PIPELINE}.pii]
+key_file = "{key_file}"
+fields = [{{ path = "/data/email", action = "tokenize" }}]
+
 [pipelines.{PIPELINE}.ordering]
 first_sequence = 1
 gap_timeout_ms = 600000
 "#,
         state = dir.join(format!("state-{instance}")).display(),
+        key_file = key_file.display(),
     );
     Ok(EngineConfig::from_toml(&text)?)
 }
@@ -310,6 +329,8 @@ pub struct World {
     /// Ids of new events in the input (each must come out once).
     new_ids: BTreeSet<String>,
     poison: u64,
+    /// `/metrics` text of every engine incarnation that went away, searched for canaries.
+    metrics_text: String,
 }
 
 impl World {
@@ -324,9 +345,12 @@ impl World {
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let max_records = rng.random_range(3..=40);
         let cluster = Cluster::new();
+        std::fs::create_dir_all(dir)?;
+        let key_file = dir.join("pii-key");
+        std::fs::write(&key_file, format!("{PII_KEY_CANARY}\n"))?;
         let mut instances = Vec::new();
         for name in INSTANCES {
-            let config = engine_config(dir, name, &spec, max_records)?;
+            let config = engine_config(&key_file, dir, name, &spec, max_records)?;
             instances.push(Instance {
                 name,
                 state_dir: config.state.dir.clone(),
@@ -371,12 +395,24 @@ impl World {
                 RecordKind::Poison => poison += 1,
                 _ => {}
             }
+            let mut value = record.value;
+            if let Ok(mut event) = serde_json::from_slice::<serde_json::Value>(&value) {
+                // Per account, so copies of an event stay byte-identical.
+                let email = format!(
+                    "{}.{EMAIL_CANARY}",
+                    event["subject"].as_str().unwrap_or("none")
+                );
+                if let Some(data) = event["data"].as_object_mut() {
+                    data.insert("email".to_owned(), email.into());
+                    value = event.to_string().into_bytes();
+                }
+            }
             let partition = cluster.partition_of(INPUT_TOPIC, &record.key);
             cluster.produce(
                 INPUT_TOPIC,
                 partition,
                 Some(&record.key),
-                Some(&record.value),
+                Some(&value),
                 vec![(
                     b"content-type".to_vec(),
                     Some(CLOUDEVENTS_JSON.as_bytes().to_vec()),
@@ -398,6 +434,7 @@ impl World {
             },
             new_ids,
             poison,
+            metrics_text: String::new(),
         };
         if !faults_enabled {
             world.spec.faults = 0;
@@ -486,7 +523,10 @@ impl World {
         let instance = &mut self.instances[index];
         instance.status = Status::Down;
         instance.backend = None;
-        instance.metrics = None;
+        if let Some(metrics) = instance.metrics.take() {
+            self.metrics_text.push_str(&metrics.render());
+        }
+        let instance = &self.instances[index];
         let line = format!("crash of {} during {during}", instance.name);
         self.trace(line);
         if self.report.crashes < u64::from(self.spec.faults) {
@@ -896,8 +936,35 @@ impl World {
         Ok(())
     }
 
-    /// Runs the schedule to the end and checks it.
-    pub fn run(mut self, reference: Option<&Outputs>) -> Result<(ScheduleReport, Outputs)> {
+    /// Runs the schedule to the end with the engine's logs captured, and checks it.
+    pub fn run(self, reference: Option<&Outputs>) -> Result<(ScheduleReport, Outputs)> {
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(logs.clone())
+            .finish();
+        let (mut report, outputs, mut metrics_text) =
+            tracing::subscriber::with_default(subscriber, || self.run_logged(reference))?;
+        let logs = logs.take();
+        metrics_text.push_str(&logs);
+        for canary in [EMAIL_CANARY, SECRET_CANARY, PII_KEY_CANARY] {
+            let found = metrics_text.matches(canary).count();
+            if found > 0 {
+                report.violation(
+                    "no canary in logs or metrics",
+                    format!("`{canary}` appears {found} time(s) in the logs or /metrics"),
+                );
+            }
+        }
+        report.log_bytes = logs.len() as u64;
+        Ok((report, outputs))
+    }
+
+    fn run_logged(
+        mut self,
+        reference: Option<&Outputs>,
+    ) -> Result<(ScheduleReport, Outputs, String)> {
         self.start(0)?;
         self.rebalance()?;
         if self.spec.faults > 0 {
@@ -976,8 +1043,11 @@ impl World {
             {
                 engine.core.close();
             }
+            if let Some(metrics) = &instance.metrics {
+                self.metrics_text.push_str(&metrics.render());
+            }
         }
-        Ok((self.report, outputs))
+        Ok((self.report, outputs, self.metrics_text))
     }
 
     /// Past the fault budget: paused instances resume, down ones restart.
@@ -1322,4 +1392,34 @@ fn owned_messages(cluster: &Cluster, topic: &str) -> Vec<OwnedMessage> {
             )
         })
         .collect()
+}
+
+/// Where a schedule's engine logs go: a shared buffer.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn take(&self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut *self.0.lock().expect("log buffer")))
+            .into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
 }
