@@ -543,12 +543,10 @@ mod tests {
         assert_eq!(held.imbalance(), 1);
     }
 
+    type Inputs = BTreeMap<(String, i32), Vec<i64>>;
+
     /// A consistent two-transaction ledger, its inputs and what the topics show.
-    fn consistent_ledger() -> (
-        Vec<LedgerEntry>,
-        BTreeMap<(String, i32), Vec<i64>>,
-        HashMap<EntryKey, Observed>,
-    ) {
+    fn consistent_ledger() -> (Vec<LedgerEntry>, Inputs, HashMap<EntryKey, Observed>) {
         let mut first = outputs(&["a", "b"]);
         first.input = 3;
         first.duplicates = 1;
@@ -563,7 +561,7 @@ mod tests {
 
     fn violations_of(
         entries: &[LedgerEntry],
-        inputs: &BTreeMap<(String, i32), Vec<i64>>,
+        inputs: &Inputs,
         observed: &HashMap<EntryKey, Observed>,
     ) -> String {
         let report = check(entries, inputs, observed, 0, ALL);
