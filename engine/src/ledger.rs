@@ -160,6 +160,29 @@ impl LedgerReport {
     pub fn consistent(&self) -> bool {
         self.violations.is_empty()
     }
+
+    /// The report `breadcrumb verify --ledger` prints (the fault suites' verifier parses it):
+    /// one line per range, one `violation: ` line per violation, the totals and the verdict.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut text = String::new();
+        for line in &self.ranges {
+            let _ = writeln!(text, "{line}");
+        }
+        for violation in &self.violations {
+            let _ = writeln!(text, "violation: {violation}");
+        }
+        let _ = writeln!(
+            text,
+            "ledger: {} committed records over {} input records, {} violations",
+            self.entries,
+            self.input_records,
+            self.violations.len()
+        );
+        let verdict = if self.consistent() { "yes" } else { "NO" };
+        let _ = writeln!(text, "ledger consistent: {verdict}");
+        text
+    }
 }
 
 /// Identifies a ledger record: transaction, consumed topic, partition.
@@ -518,5 +541,147 @@ mod tests {
         assert_eq!(held.imbalance(), 0, "1 out, 2 more held");
         held.waiting_after = 2;
         assert_eq!(held.imbalance(), 1);
+    }
+
+    type Inputs = BTreeMap<(String, i32), Vec<i64>>;
+
+    /// A consistent two-transaction ledger, its inputs and what the topics show.
+    fn consistent_ledger() -> (Vec<LedgerEntry>, Inputs, HashMap<EntryKey, Observed>) {
+        let mut first = outputs(&["a", "b"]);
+        first.input = 3;
+        first.duplicates = 1;
+        let mut second = outputs(&["c"]);
+        second.input = 2;
+        second.dead_letters = 1;
+        let entries = vec![entry("t:1", 0, 2, first), entry("t:2", 3, 4, second)];
+        let inputs = BTreeMap::from([(("in".to_owned(), 0), vec![0, 1, 2, 3, 4])]);
+        let observed = HashMap::from([seen("t:1", &first), seen("t:2", &second)]);
+        (entries, inputs, observed)
+    }
+
+    fn violations_of(
+        entries: &[LedgerEntry],
+        inputs: &Inputs,
+        observed: &HashMap<EntryKey, Observed>,
+    ) -> String {
+        let report = check(entries, inputs, observed, 0, ALL);
+        let text = report.render();
+        assert_eq!(
+            report.consistent(),
+            text.ends_with("ledger consistent: yes\n"),
+            "{text}"
+        );
+        report.violations.join("\n")
+    }
+
+    #[test]
+    fn ledger_check_rejects_each_tampered_count() {
+        let (entries, inputs, observed) = consistent_ledger();
+        assert_eq!(violations_of(&entries, &inputs, &observed), "");
+
+        // The ledger claims one output more (a forged count, digest untouched).
+        let mut tampered = entries.clone();
+        tampered[0].counts.out += 1;
+        tampered[0].counts.duplicates -= 1;
+        let text = violations_of(&tampered, &inputs, &observed);
+        assert!(text.contains("out 3 but 2 found"), "{text}");
+        assert!(!text.contains("identity"), "still balanced: {text}");
+
+        // One duplicate more than the duplicates topic holds.
+        let mut tampered = entries.clone();
+        tampered[0].counts.duplicates += 1;
+        tampered[0].counts.input += 1;
+        let text = violations_of(&tampered, &inputs, &observed);
+        assert!(text.contains("duplicates 2 but 1 found"), "{text}");
+        // ... which a pipeline without a duplicates topic cannot see; the range still can.
+        let blind = check(
+            &tampered,
+            &inputs,
+            &observed,
+            0,
+            Observable {
+                duplicates: false,
+                gaps: true,
+            },
+        );
+        let blind = blind.violations.join("\n");
+        assert!(!blind.contains("duplicates 2"), "{blind}");
+        assert!(blind.contains("in 4 but 3 input records"), "{blind}");
+
+        // A dead letter the ledger does not claim (the topic holds one more).
+        let mut more = observed.clone();
+        more.get_mut(&("t:2".to_owned(), "in".to_owned(), 0))
+            .unwrap()
+            .dead_letters += 1;
+        let text = violations_of(&entries, &inputs, &more);
+        assert!(text.contains("dead letters 1 but 2 found"), "{text}");
+
+        // The digest alone: same count, the ledger hashed another id.
+        let mut tampered = entries.clone();
+        tampered[1].counts.output_digest = outputs(&["z"]).output_digest;
+        let text = violations_of(&tampered, &inputs, &observed);
+        assert!(text.contains("output digest"), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+
+        // An output published twice: count and digest both differ.
+        let mut doubled = observed.clone();
+        let found = doubled
+            .get_mut(&("t:1".to_owned(), "in".to_owned(), 0))
+            .unwrap();
+        found.out += 1;
+        found.output_digest = found.output_digest.wrapping_add(id_hash(b"b"));
+        let text = violations_of(&entries, &inputs, &doubled);
+        assert!(text.contains("out 2 but 3 found"), "{text}");
+        assert!(text.contains("output digest"), "{text}");
+
+        // Waiting counts that do not balance the identity.
+        let mut tampered = entries.clone();
+        tampered[1].waiting_after = 1;
+        let text = violations_of(&tampered, &inputs, &observed);
+        assert!(text.contains("identity off by -1"), "{text}");
+
+        // A record written twice for one transaction, and half an offset range.
+        let mut tampered = entries.clone();
+        tampered.push(tampered[1].clone());
+        let text = violations_of(&tampered, &inputs, &observed);
+        assert!(
+            text.contains("t:2 in[0]: 2 ledger records for one transaction"),
+            "{text}"
+        );
+        let mut tampered = entries.clone();
+        tampered[1].last_offset = None;
+        let text = violations_of(&tampered, &inputs, &observed);
+        assert!(text.contains("half an offset range"), "{text}");
+
+        // The last ledger record dropped: its transaction's output has no ledger record. (The
+        // input offsets past the last range are not reported by themselves: nothing says the
+        // group had consumed them.)
+        let text = violations_of(&entries[..1], &inputs, &observed);
+        assert!(
+            text.contains("t:2 in[0]: committed output without a ledger record"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ledger_report_renders_what_verify_prints() {
+        let (mut entries, inputs, observed) = consistent_ledger();
+        let report = check(&entries, &inputs, &observed, 0, ALL);
+        let text = report.render();
+        assert!(text.contains("ledger: 2 committed records over 5 input records, 0 violations\nledger consistent: yes\n"), "{text}");
+        entries[0].counts.out += 1;
+        let report = check(&entries, &inputs, &observed, 0, ALL);
+        let text = report.render();
+        assert_eq!(
+            text.lines()
+                .filter(|line| line.starts_with("violation: "))
+                .count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.ends_with(", 1 violations\nledger consistent: NO\n"),
+            "{text}"
+        );
     }
 }

@@ -53,6 +53,81 @@ impl Report {
     pub fn exactly_once(&self) -> bool {
         self.lost.is_empty() && self.duplicated.is_empty() && self.unexpected.is_empty()
     }
+
+    /// The report `breadcrumb verify` prints (the fault suites' verifier parses it): the
+    /// totals, up to 20 examples of each kind, the counts and the verdict, one line each.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "input: {} records, {} distinct ids, {} undecodable",
+            self.input_records, self.distinct_input_ids, self.undecodable_input
+        );
+        let _ = writeln!(
+            text,
+            "output: {} committed records ({} from aborted transactions ignored)",
+            self.output_records, self.aborted_output_records
+        );
+        let _ = writeln!(
+            text,
+            "dead-lettered: {} input ids had every copy sent to the dead-letter topic",
+            self.dead_lettered_ids
+        );
+        for id in self.lost.iter().take(20) {
+            let _ = writeln!(text, "lost: {id}");
+        }
+        for (id, count) in self.duplicated.iter().take(20) {
+            let _ = writeln!(text, "duplicated: {id} ({count} times)");
+        }
+        for id in self.unexpected.iter().take(20) {
+            let _ = writeln!(text, "unexpected: {id}");
+        }
+        let _ = writeln!(
+            text,
+            "lost {}, duplicated {}, unexpected {}",
+            self.lost.len(),
+            self.duplicated.len(),
+            self.unexpected.len()
+        );
+        let verdict = if self.exactly_once() { "yes" } else { "NO" };
+        let _ = writeln!(text, "exactly once: {verdict}");
+        text
+    }
+
+    /// Fills `lost`, `duplicated`, `unexpected` and `dead_lettered_ids` from the distinct input
+    /// ids, the committed output ids with their counts, and the ids found (committed) in the
+    /// dead-letter topic.
+    pub fn tally(
+        &mut self,
+        input_ids: &BTreeSet<String>,
+        output_counts: &HashMap<String, u64>,
+        dead_lettered: &BTreeSet<String>,
+    ) {
+        for id in input_ids {
+            if !output_counts.contains_key(id) {
+                if dead_lettered.contains(id) {
+                    self.dead_lettered_ids += 1;
+                } else {
+                    self.lost.push(id.clone());
+                }
+            }
+        }
+        let mut duplicated: Vec<(String, u64)> = output_counts
+            .iter()
+            .filter(|(_, count)| **count > 1)
+            .map(|(id, count)| (id.clone(), *count))
+            .collect();
+        duplicated.sort();
+        self.duplicated = duplicated;
+        let mut unexpected: Vec<String> = output_counts
+            .keys()
+            .filter(|id| !input_ids.contains(*id))
+            .cloned()
+            .collect();
+        unexpected.sort();
+        self.unexpected = unexpected;
+    }
 }
 
 /// Reads every record of `topic` (all partitions, from the start to the end at call time).
@@ -219,29 +294,7 @@ pub fn verify(
             dead_lettered.insert(id);
         }
     }
-    for id in &input_ids {
-        if !output_counts.contains_key(id) {
-            if dead_lettered.contains(id) {
-                report.dead_lettered_ids += 1;
-            } else {
-                report.lost.push(id.clone());
-            }
-        }
-    }
-    let mut duplicated: Vec<(String, u64)> = output_counts
-        .iter()
-        .filter(|(_, count)| **count > 1)
-        .map(|(id, count)| (id.clone(), *count))
-        .collect();
-    duplicated.sort();
-    report.duplicated = duplicated;
-    let mut unexpected: Vec<String> = output_counts
-        .keys()
-        .filter(|id| !input_ids.contains(*id))
-        .cloned()
-        .collect();
-    unexpected.sort();
-    report.unexpected = unexpected;
+    report.tally(&input_ids, &output_counts, &dead_lettered);
     Ok(report)
 }
 
@@ -264,6 +317,26 @@ fn committed_transaction(
     match committed {
         Some(outcomes) if outcomes.get(&transaction) != Some(&true) => None,
         _ => Some(transaction),
+    }
+}
+
+/// A ledger record read at `partition`:`offset` of the ledger topic; the violation to report
+/// when it does not parse or has a version this build does not know.
+fn parse_ledger_record(
+    payload: &[u8],
+    partition: i32,
+    offset: i64,
+) -> std::result::Result<LedgerEntry, String> {
+    match serde_json::from_slice::<LedgerEntry>(payload) {
+        // Version 1 records read as version 2 ones without side input.
+        Ok(entry) if !(1..=LEDGER_FORMAT_VERSION).contains(&entry.version) => Err(format!(
+            "ledger record at {partition}:{offset} has unknown version {}",
+            entry.version
+        )),
+        Ok(entry) => Ok(entry),
+        Err(error) => Err(format!(
+            "ledger record at {partition}:{offset} does not parse: {error}"
+        )),
     }
 }
 
@@ -329,26 +402,17 @@ pub fn verify_ledger_over(
         if committed_transaction(&message, committed).is_none() {
             continue;
         }
-        match serde_json::from_slice::<LedgerEntry>(message.payload().unwrap_or_default()) {
-            // Version 1 records read as version 2 ones without side input.
-            Ok(entry) if !(1..=LEDGER_FORMAT_VERSION).contains(&entry.version) => {
-                bad_records.push(format!(
-                    "ledger record at {}:{} has unknown version {}",
-                    message.partition(),
-                    message.offset(),
-                    entry.version
-                ))
-            }
+        match parse_ledger_record(
+            message.payload().unwrap_or_default(),
+            message.partition(),
+            message.offset(),
+        ) {
             Ok(entry) => {
                 if entry.pipeline == pipeline_name {
                     entries.push(entry);
                 }
             }
-            Err(error) => bad_records.push(format!(
-                "ledger record at {}:{} does not parse: {error}",
-                message.partition(),
-                message.offset()
-            )),
+            Err(bad) => bad_records.push(bad),
         }
     }
 
@@ -459,4 +523,116 @@ pub fn verify_ledger_over(
     );
     report.violations.extend(bad_records);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|id| (*id).to_owned()).collect()
+    }
+
+    fn counts(list: &[(&str, u64)]) -> HashMap<String, u64> {
+        list.iter().map(|(id, n)| ((*id).to_owned(), *n)).collect()
+    }
+
+    fn tallied(input: &[&str], output: &[(&str, u64)], dead_lettered: &[&str]) -> (Report, String) {
+        let mut report = Report::default();
+        report.tally(&ids(input), &counts(output), &ids(dead_lettered));
+        let text = report.render();
+        (report, text)
+    }
+
+    #[test]
+    fn verify_passes_every_input_out_once_or_dead_lettered() {
+        let (report, text) = tallied(&["a", "b", "c"], &[("a", 1), ("b", 1)], &["c"]);
+        assert!(report.exactly_once(), "{text}");
+        assert_eq!(report.dead_lettered_ids, 1);
+        assert!(
+            text.ends_with("lost 0, duplicated 0, unexpected 0\nexactly once: yes\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn verify_reports_a_lost_event() {
+        let (report, text) = tallied(&["a", "b", "c"], &[("a", 1), ("b", 1)], &[]);
+        assert_eq!(report.lost, vec!["c".to_owned()]);
+        assert!(!report.exactly_once());
+        assert!(text.contains("\nlost: c\n"), "{text}");
+        assert!(text.contains("lost 1, duplicated 0, unexpected 0\nexactly once: NO\n"));
+    }
+
+    #[test]
+    fn verify_reports_a_duplicated_output() {
+        let (report, text) = tallied(&["a", "b"], &[("a", 1), ("b", 2)], &[]);
+        assert_eq!(report.duplicated, vec![("b".to_owned(), 2)]);
+        assert!(report.lost.is_empty() && report.unexpected.is_empty());
+        assert!(text.contains("duplicated: b (2 times)"), "{text}");
+        assert!(text.contains("lost 0, duplicated 1, unexpected 0\nexactly once: NO\n"));
+    }
+
+    #[test]
+    fn verify_reports_an_output_no_input_carries() {
+        let (report, text) = tallied(&["a"], &[("a", 1), ("z", 1)], &[]);
+        assert_eq!(report.unexpected, vec!["z".to_owned()]);
+        assert!(text.contains("lost 0, duplicated 0, unexpected 1\nexactly once: NO\n"));
+    }
+
+    #[test]
+    fn verify_does_not_excuse_an_output_copy_by_a_dead_letter() {
+        // Dead-lettered and also out twice: the dead letter accounts for nothing.
+        let (report, _) = tallied(&["a"], &[("a", 2)], &["a"]);
+        assert_eq!(report.duplicated, vec![("a".to_owned(), 2)]);
+        assert_eq!(report.dead_lettered_ids, 0);
+    }
+
+    #[test]
+    fn verify_ledger_rejects_unknown_versions_and_garbage() {
+        let entry = crate::ledger::LedgerEntry {
+            version: LEDGER_FORMAT_VERSION,
+            pipeline: "p".into(),
+            stage: crate::ledger::LedgerStage::Stateful,
+            topic: "in".into(),
+            partition: 0,
+            first_offset: Some(0),
+            last_offset: Some(0),
+            transaction: "t:1".into(),
+            counts: crate::ledger::LedgerCounts {
+                input: 1,
+                ..Default::default()
+            },
+            waiting_before: 0,
+            waiting_after: 1,
+        };
+        let good = serde_json::to_vec(&entry).unwrap();
+        assert_eq!(parse_ledger_record(&good, 0, 7), Ok(entry.clone()));
+        let future = serde_json::to_vec(&crate::ledger::LedgerEntry {
+            version: LEDGER_FORMAT_VERSION + 1,
+            ..entry.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            parse_ledger_record(&future, 0, 7),
+            Err(format!(
+                "ledger record at 0:7 has unknown version {}",
+                LEDGER_FORMAT_VERSION + 1
+            ))
+        );
+        let zero = String::from_utf8(good.clone()).unwrap().replace(
+            &format!("\"version\":{LEDGER_FORMAT_VERSION}"),
+            "\"version\":0",
+        );
+        assert!(parse_ledger_record(zero.as_bytes(), 1, 2)
+            .unwrap_err()
+            .contains("unknown version 0"));
+        let extra = String::from_utf8(good)
+            .unwrap()
+            .replacen('{', "{\"forged\":1,", 1);
+        assert!(parse_ledger_record(extra.as_bytes(), 1, 2)
+            .unwrap_err()
+            .starts_with("ledger record at 1:2 does not parse"));
+        assert!(parse_ledger_record(b"not json", 1, 3).is_err());
+    }
 }

@@ -285,23 +285,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &journals,
                     Duration::from_secs(timeout_seconds),
                 )?;
-                for line in &report.ranges {
-                    println!("{line}");
-                }
-                for violation in &report.violations {
-                    println!("violation: {violation}");
-                }
-                println!(
-                    "ledger: {} committed records over {} input records, {} violations",
-                    report.entries,
-                    report.input_records,
-                    report.violations.len()
-                );
+                print!("{}", report.render());
                 return Ok(if report.consistent() {
-                    println!("ledger consistent: yes");
                     ExitCode::SUCCESS
                 } else {
-                    println!("ledger consistent: NO");
                     ExitCode::from(2)
                 });
             }
@@ -311,40 +298,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &journals,
                 Duration::from_secs(timeout_seconds),
             )?;
-            println!(
-                "input: {} records, {} distinct ids, {} undecodable",
-                report.input_records, report.distinct_input_ids, report.undecodable_input
-            );
-            println!(
-                "output: {} committed records ({} from aborted transactions ignored)",
-                report.output_records, report.aborted_output_records
-            );
-            println!(
-                "dead-lettered: {} input ids had every copy sent to the dead-letter topic",
-                report.dead_lettered_ids
-            );
-            for id in report.lost.iter().take(20) {
-                println!("lost: {id}");
-            }
-            for (id, count) in report.duplicated.iter().take(20) {
-                println!("duplicated: {id} ({count} times)");
-            }
-            for id in report.unexpected.iter().take(20) {
-                println!("unexpected: {id}");
-            }
-            println!(
-                "lost {}, duplicated {}, unexpected {}",
-                report.lost.len(),
-                report.duplicated.len(),
-                report.unexpected.len()
-            );
-            if report.exactly_once() {
-                println!("exactly once: yes");
-                Ok(ExitCode::SUCCESS)
+            print!("{}", report.render());
+            Ok(if report.exactly_once() {
+                ExitCode::SUCCESS
             } else {
-                println!("exactly once: NO");
-                Ok(ExitCode::from(2))
-            }
+                ExitCode::from(2)
+            })
         }
     }
 }

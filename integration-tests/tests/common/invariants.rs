@@ -21,7 +21,7 @@ use breadcrumb_state::{StateBackend, StateOptions, StoredValue};
 
 use super::{committed_transactions, verify, verify_ledger, Scenario};
 
-/// A store's contents: (partition, key) → (input offset, value).
+/// A store's contents: (partition, key) → (expire_at_ms, payload).
 pub type StoreContents = BTreeMap<(i32, Vec<u8>), (i64, Vec<u8>)>;
 
 /// Personal data planted in every event (`data.email`), tokenized by the scenario's PII rule.
@@ -33,6 +33,10 @@ pub const PII_KEY_CANARY: &str = "canary-pii-key-0b9c4a8e";
 
 /// What the fault scenarios plant, for [`Invariants::check_canaries`].
 pub const CANARIES: [&str; 3] = [EMAIL_CANARY, SECRET_CANARY, PII_KEY_CANARY];
+
+/// What [`Invariants::check_canaries`] searches for: each canary, the e-mail address by its
+/// local part (so a logged address with its `@` escaped, `%40` or `\u0040`, is found too).
+const CANARY_NEEDLES: [&str; 3] = ["canary.payer.5d1a", SECRET_CANARY, PII_KEY_CANARY];
 
 /// Points `scenario` at the canaries: a PII rule tokenizing `data.email` (key file under `dir`)
 /// and a secret in a redacted librdkafka key (`sasl.password` is read by librdkafka only when a
@@ -179,7 +183,7 @@ impl Invariants {
     pub fn check_canaries(&mut self, texts: &[(&str, &str)]) {
         for (name, text) in texts {
             self.canary_bytes_searched += text.len() as u64;
-            for canary in CANARIES {
+            for canary in CANARY_NEEDLES {
                 let found = text.matches(canary).count() as u64;
                 if found > 0 {
                     self.canaries_leaked += found;
@@ -216,39 +220,178 @@ impl Invariants {
             let count = partition_count(&bootstrap, &topic)? as i32;
             let records = consume_all(&bootstrap, &topic, 0, Duration::from_secs(60))?;
             let rebuilt = rebuild_from_changelog(store, &records, &committed)?;
-            let id = backend.store_id(store)?;
-            let mut local: StoreContents = BTreeMap::new();
-            for partition in 0..count {
-                if partitions.is_some_and(|owned| !owned.contains(&partition)) {
-                    continue;
-                }
-                backend
-                    .partition_store(id, partition)
-                    .for_each_committed(|key, value| {
-                        local.insert(
-                            (partition, key.to_vec()),
-                            (value.expire_at_ms, value.payload.to_vec()),
-                        );
-                        Ok(())
-                    })?;
-            }
+            let local = local_state(&backend, store, count, partitions)?;
             let rebuilt: BTreeMap<_, _> = rebuilt
                 .into_iter()
                 .filter(|((partition, _), _)| {
                     partitions.is_none_or(|owned| owned.contains(partition))
                 })
                 .collect();
-            let (mismatches, examples) = compare_states(&local, &rebuilt);
-            self.state_keys_compared += local.len().max(rebuilt.len()) as u64;
-            self.state_mismatches += mismatches;
-            self.details.extend(
-                examples
-                    .into_iter()
-                    .map(|example| format!("store {store}: {example}")),
-            );
+            self.check_store(store, &local, &rebuilt);
         }
         Ok(())
     }
+
+    /// Compares one store's local state with the state rebuilt from its changelog.
+    pub fn check_store(&mut self, store: &str, local: &StoreContents, rebuilt: &StoreContents) {
+        let (mismatches, examples) = compare_states(local, rebuilt);
+        self.state_keys_compared += local.len().max(rebuilt.len()) as u64;
+        self.state_mismatches += mismatches;
+        self.details.extend(
+            examples
+                .into_iter()
+                .map(|example| format!("store {store}: {example}")),
+        );
+    }
+
+    /// `breadcrumb verify`'s exit status and report: lost (and unexpected) ids, duplicated
+    /// ids. A failed verdict whose counts read as zero counts as one loss (the report format
+    /// changed under the parser, or verify failed in a way it does not count).
+    pub fn check_exactly_once_report(&mut self, success: bool, report: &str) -> Result<()> {
+        ensure!(
+            report.contains("exactly once:"),
+            "verify did not run:\n{report}"
+        );
+        let summary = report
+            .lines()
+            .find(|line| line.starts_with("lost "))
+            .with_context(|| format!("no `lost N, duplicated N, unexpected N` line:\n{report}"))?;
+        let lost = number_after(summary, "lost ") + number_after(summary, "unexpected ");
+        let duplicated = number_after(summary, "duplicated ");
+        self.lost += lost;
+        self.duplicated += duplicated;
+        let failed = !success || !report.contains("exactly once: yes");
+        if failed && lost + duplicated == 0 {
+            self.lost += 1;
+            self.details
+                .push("verify failed, but its report counts nothing lost or duplicated".into());
+        }
+        if failed || lost + duplicated > 0 {
+            self.details.push(report.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Per-key order: over the committed output (by partition and offset), every account's
+    /// sequences strictly increase (a repeated sequence is out of order too).
+    pub fn check_order(&mut self, output: &[ConsumedRecord]) -> Result<()> {
+        self.output_events += output.len() as u64;
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        for record in output {
+            let event: serde_json::Value =
+                serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+            let subject = event["subject"].as_str().unwrap_or_default().to_owned();
+            let sequence: u64 = event["sequence"].as_str().unwrap_or("0").parse()?;
+            if let Some(previous) = last.insert(subject.clone(), sequence) {
+                if sequence <= previous {
+                    self.out_of_order += 1;
+                    self.details
+                        .push(format!("{subject}: {sequence} after {previous}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead letters exactly once: the committed dead letters name, by their source coordinates,
+    /// each poison record of the input (`poison`: their (partition, offset)) once, and nothing
+    /// else. `produced`: poison records the input generated (the input topic must hold them).
+    pub fn check_dead_letters(
+        &mut self,
+        dead_letters: &[ConsumedRecord],
+        poison: &BTreeSet<(i32, i64)>,
+        produced: u64,
+    ) {
+        let coordinates: BTreeSet<(i32, i64)> = dead_letters
+            .iter()
+            .map(|record| {
+                let number = |name: &str| record.header(name).and_then(|text| text.parse().ok());
+                (
+                    number("breadcrumb-source-partition").unwrap_or(-1) as i32,
+                    number("breadcrumb-source-offset").unwrap_or(-1),
+                )
+            })
+            .collect();
+        let repeated = dead_letters.len() as u64 - coordinates.len() as u64;
+        let missing = poison.difference(&coordinates).count() as u64;
+        let extra = coordinates.difference(poison).count() as u64;
+        let unseen = produced.abs_diff(poison.len() as u64);
+        let wrong = repeated + missing + extra + unseen;
+        self.dead_letters_wrong += wrong;
+        if wrong > 0 {
+            self.details.push(format!(
+                "dead letters: {} records, {} distinct, {repeated} repeated, {missing} poison \
+                 records without one, {extra} for records not poison; {} poison produced, {} in \
+                 the input topic; first missing {:?}, first extra {:?}",
+                dead_letters.len(),
+                coordinates.len(),
+                produced,
+                poison.len(),
+                poison.difference(&coordinates).next(),
+                coordinates.difference(poison).next(),
+            ));
+        }
+    }
+
+    /// `breadcrumb verify --ledger`'s exit status and report: one violation per `violation`
+    /// line; a failed verdict without one counts as one.
+    pub fn check_ledger_report(&mut self, success: bool, report: &str) -> Result<()> {
+        ensure!(
+            report.contains("ledger:"),
+            "ledger check did not run:\n{report}"
+        );
+        let violations: Vec<&str> = report
+            .lines()
+            .filter(|line| line.starts_with("violation"))
+            .collect();
+        self.ledger_violations += violations.len() as u64;
+        self.details
+            .extend(violations.iter().take(20).map(|line| (*line).to_owned()));
+        let failed = !success || !report.contains("ledger consistent: yes");
+        if failed && violations.is_empty() {
+            self.ledger_violations += 1;
+            self.details.push(format!(
+                "the ledger check failed without a violation line:\n{report}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The committed contents of `store` in `backend`, over partitions `0..count` (only
+/// `partitions` of them, if given).
+pub fn local_state(
+    backend: &StateBackend,
+    store: &str,
+    count: i32,
+    partitions: Option<&[i32]>,
+) -> Result<StoreContents> {
+    let id = backend.store_id(store)?;
+    let mut local: StoreContents = BTreeMap::new();
+    for partition in 0..count {
+        if partitions.is_some_and(|owned| !owned.contains(&partition)) {
+            continue;
+        }
+        backend
+            .partition_store(id, partition)
+            .for_each_committed(|key, value| {
+                local.insert(
+                    (partition, key.to_vec()),
+                    (value.expire_at_ms, value.payload.to_vec()),
+                );
+                Ok(())
+            })?;
+    }
+    Ok(local)
+}
+
+/// The (partition, offset) of the poison records in `input` (the workload keys them `poison`).
+pub fn poison_coordinates(input: &[ConsumedRecord]) -> BTreeSet<(i32, i64)> {
+    input
+        .iter()
+        .filter(|record| record.key.as_deref() == Some(b"poison".as_slice()))
+        .map(|record| (record.partition, record.offset))
+        .collect()
 }
 
 /// State rebuilt from a changelog's records (sorted by partition and offset): committed
@@ -331,16 +474,25 @@ pub fn committed(
     min: usize,
 ) -> Result<Vec<ConsumedRecord>> {
     let committed = committed_transactions(journals)?;
-    Ok(
-        consume_all(&scenario.bootstrap, topic, min, Duration::from_secs(30))?
-            .into_iter()
-            .filter(|record| {
-                record
-                    .header("breadcrumb-txn")
-                    .is_some_and(|txn| committed.contains(&txn))
-            })
-            .collect(),
-    )
+    Ok(only_committed(
+        consume_all(&scenario.bootstrap, topic, min, Duration::from_secs(30))?,
+        &committed,
+    ))
+}
+
+/// The records of `records` whose transaction (`breadcrumb-txn`) is in `committed`.
+pub fn only_committed(
+    records: Vec<ConsumedRecord>,
+    committed: &BTreeSet<String>,
+) -> Vec<ConsumedRecord> {
+    records
+        .into_iter()
+        .filter(|record| {
+            record
+                .header("breadcrumb-txn")
+                .is_some_and(|txn| committed.contains(&txn))
+        })
+        .collect()
 }
 
 /// The topic-level invariants every scenario ends with: exactly once (`breadcrumb verify`),
@@ -352,88 +504,30 @@ pub fn check_invariants(
     input: &Input,
 ) -> Result<Invariants> {
     let mut found = Invariants::default();
-    let (_, report) = verify(config, journals)?;
-    ensure!(
-        report.contains("exactly once:"),
-        "verify did not run:\n{report}"
-    );
-    found.lost = number_after(&report, "lost ");
-    found.duplicated = number_after(&report, "duplicated ");
-    found.lost += number_after(&report, "unexpected ");
-    if found.lost + found.duplicated > 0 {
-        found.details.push(report);
-    }
+    let (success, report) = verify(config, journals)?;
+    found.check_exactly_once_report(success, &report)?;
 
     // Per-key order: in each output partition, every account's sequences strictly increase.
     let output = committed(scenario, &scenario.output_topic, journals, 1)?;
-    found.output_events = output.len() as u64;
-    let mut last: BTreeMap<String, u64> = BTreeMap::new();
-    for record in &output {
-        let event: serde_json::Value =
-            serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
-        let subject = event["subject"].as_str().unwrap_or_default().to_owned();
-        let sequence: u64 = event["sequence"].as_str().unwrap_or("0").parse()?;
-        if let Some(previous) = last.insert(subject.clone(), sequence) {
-            if sequence <= previous {
-                found.out_of_order += 1;
-                found
-                    .details
-                    .push(format!("{subject}: {sequence} after {previous}"));
-            }
-        }
-    }
+    found.check_order(&output)?;
 
-    // Dead letters exactly once: one per poison record, each source offset once.
+    // Dead letters exactly once: one per poison record, naming it by its source offset.
     let dead_letters = committed(
         scenario,
         &scenario.dead_letter_topic,
         journals,
         input.poison as usize,
     )?;
-    let coordinates: BTreeSet<(String, String)> = dead_letters
-        .iter()
-        .map(|record| {
-            (
-                record
-                    .header("breadcrumb-source-partition")
-                    .unwrap_or_default(),
-                record
-                    .header("breadcrumb-source-offset")
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
-    let repeated = dead_letters.len() as u64 - coordinates.len() as u64;
-    let missing = input.poison.saturating_sub(coordinates.len() as u64);
-    let extra = (coordinates.len() as u64).saturating_sub(input.poison);
-    found.dead_letters_wrong = repeated + missing + extra;
-    if found.dead_letters_wrong > 0 {
-        found.details.push(format!(
-            "dead letters: {} records, {} distinct, {} poison produced",
-            dead_letters.len(),
-            coordinates.len(),
-            input.poison
-        ));
-    }
+    let produced = consume_all(
+        &scenario.bootstrap,
+        &scenario.input_topic,
+        input.produced as usize,
+        Duration::from_secs(60),
+    )?;
+    found.check_dead_letters(&dead_letters, &poison_coordinates(&produced), input.poison);
 
-    let (_, ledger) = verify_ledger(config, journals)?;
-    ensure!(
-        ledger.contains("ledger:"),
-        "ledger check did not run:\n{ledger}"
-    );
-    found.ledger_violations = ledger
-        .lines()
-        .filter(|line| line.starts_with("violation"))
-        .count() as u64;
-    if found.ledger_violations > 0 {
-        found.details.extend(
-            ledger
-                .lines()
-                .filter(|line| line.starts_with("violation"))
-                .take(20)
-                .map(str::to_owned),
-        );
-    }
+    let (success, ledger) = verify_ledger(config, journals)?;
+    found.check_ledger_report(success, &ledger)?;
     Ok(found)
 }
 
