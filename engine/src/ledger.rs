@@ -352,6 +352,41 @@ pub fn check(
     report
 }
 
+/// Input records below the group's committed offset of their partition that follow the last
+/// committed ledger range: processed and committed, yet accounted for by no ledger record (a
+/// last ledger record lost, or records skipped after it). Gaps between ranges are [`check`]'s.
+pub fn check_committed_coverage(
+    entries: &[LedgerEntry],
+    inputs: &BTreeMap<(String, i32), Vec<i64>>,
+    committed: &BTreeMap<(String, i32), i64>,
+) -> Vec<String> {
+    let mut covered_until: HashMap<(&str, i32), i64> = HashMap::new();
+    for entry in entries {
+        if let Some(last) = entry.last_offset {
+            let until = covered_until
+                .entry((entry.topic.as_str(), entry.partition))
+                .or_insert(last);
+            *until = (*until).max(last);
+        }
+    }
+    let mut violations = Vec::new();
+    for ((topic, partition), next) in committed {
+        let Some(offsets) = inputs.get(&(topic.clone(), *partition)) else {
+            continue;
+        };
+        let from = covered_until
+            .get(&(topic.as_str(), *partition))
+            .map_or(i64::MIN, |last| last + 1);
+        let uncovered = count_in(offsets, from, next - 1);
+        if uncovered > 0 {
+            violations.push(format!(
+                "{topic}[{partition}]: {uncovered} input records below the committed offset {next} in no ledger range"
+            ));
+        }
+    }
+    violations
+}
+
 /// Offsets of `sorted` within `[first, last]`.
 fn count_in(sorted: &[i64], first: i64, last: i64) -> u64 {
     if last < first {
@@ -653,14 +688,27 @@ mod tests {
         let text = violations_of(&tampered, &inputs, &observed);
         assert!(text.contains("half an offset range"), "{text}");
 
-        // The last ledger record dropped: its transaction's output has no ledger record. (The
-        // input offsets past the last range are not reported by themselves: nothing says the
-        // group had consumed them.)
+        // The last ledger record dropped: its transaction's output has no ledger record.
         let text = violations_of(&entries[..1], &inputs, &observed);
         assert!(
             text.contains("t:2 in[0]: committed output without a ledger record"),
             "{text}"
         );
+        // Its input offsets, below the group's committed offset, are in no range either (this
+        // alone catches a dropped record whose transaction published nothing).
+        let mut committed = BTreeMap::new();
+        let (topic, offsets) = inputs.iter().next().expect("one input partition");
+        committed.insert(topic.clone(), offsets.last().expect("input") + 1);
+        assert!(check_committed_coverage(&entries, &inputs, &committed).is_empty());
+        let uncovered = check_committed_coverage(&entries[..1], &inputs, &committed);
+        assert_eq!(uncovered.len(), 1, "{uncovered:?}");
+        assert!(
+            uncovered[0].contains("below the committed offset"),
+            "{uncovered:?}"
+        );
+        // Offsets past the committed one may still be in flight: not reported.
+        committed.insert(topic.clone(), entries[0].last_offset.expect("range") + 1);
+        assert!(check_committed_coverage(&entries[..1], &inputs, &committed).is_empty());
     }
 
     #[test]

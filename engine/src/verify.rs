@@ -24,6 +24,7 @@ use crate::ledger::{
 use crate::raw_headers::read_headers;
 use crate::runtime::base_client_config;
 use crate::runtime::context::EndOfPartitionContext;
+use crate::topics::partition_counts;
 
 /// What `verify` found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -374,18 +375,59 @@ pub fn verify_ledger(
 ) -> Result<LedgerReport> {
     let client_config = base_client_config(config);
     let committed = committed_transactions(journals)?;
-    verify_ledger_over(config, pipeline_name, &committed, &mut |topic| {
-        read_topic(&client_config, topic, timeout)
-    })
+    let committed_offsets = group_committed_offsets(config, pipeline_name, timeout)?;
+    verify_ledger_over(
+        config,
+        pipeline_name,
+        &committed,
+        &committed_offsets,
+        &mut |topic| read_topic(&client_config, topic, timeout),
+    )
+}
+
+/// The engine group's committed offsets of the topics `pipeline_name` consumes.
+fn group_committed_offsets(
+    config: &EngineConfig,
+    pipeline_name: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<(String, i32), i64>> {
+    let Some(pipeline) = config.pipelines.get(pipeline_name) else {
+        return Ok(BTreeMap::new());
+    };
+    let mut consumed: Vec<String> = pipeline.input_topics.clone();
+    consumed.extend(pipeline.span_topics.iter().cloned());
+    if pipeline.repartition_by.is_some() {
+        consumed.push(config.repartition_topic(pipeline_name));
+    }
+    let mut client_config = base_client_config(config);
+    client_config
+        .set("group.id", &config.application_id)
+        .set("enable.auto.commit", "false");
+    let mut request = TopicPartitionList::new();
+    for (topic, partitions) in partition_counts(&client_config, &consumed)? {
+        for partition in 0..partitions {
+            request.add_partition(&topic, partition);
+        }
+    }
+    let consumer: BaseConsumer = client_config.create()?;
+    let mut committed = BTreeMap::new();
+    for element in consumer.committed_offsets(request, timeout)?.elements() {
+        if let Offset::Offset(offset) = element.offset() {
+            committed.insert((element.topic().to_owned(), element.partition()), offset);
+        }
+    }
+    Ok(committed)
 }
 
 /// [`verify_ledger`] over records read by `read_topic` (every record of a topic, as a
 /// `read_committed` reader sees it), with the transactions' outcomes known (`committed`) or,
-/// without journals, taken as committed. The deterministic model tier reads its in-memory log.
+/// without journals, taken as committed, and the group's committed offsets (every input record
+/// below them must be in a ledger range). The deterministic model tier reads its in-memory log.
 pub fn verify_ledger_over(
     config: &EngineConfig,
     pipeline_name: &str,
     committed: &Option<BTreeMap<String, bool>>,
+    committed_offsets: &BTreeMap<(String, i32), i64>,
     read_topic: &mut dyn FnMut(&str) -> Result<Vec<OwnedMessage>>,
 ) -> Result<LedgerReport> {
     let pipeline = config.pipelines.get(pipeline_name).ok_or_else(|| {
@@ -522,6 +564,13 @@ pub fn verify_ledger_over(
         },
     );
     report.violations.extend(bad_records);
+    report
+        .violations
+        .extend(crate::ledger::check_committed_coverage(
+            &entries,
+            &inputs,
+            committed_offsets,
+        ));
     Ok(report)
 }
 

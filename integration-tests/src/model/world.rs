@@ -1100,9 +1100,18 @@ impl World {
         }
         // The reconciliation ledger against the topics.
         let cluster = self.cluster.clone();
-        let ledger = verify_ledger_over(&config, PIPELINE, &None, &mut |topic| {
-            Ok(owned_messages(&cluster, topic))
-        })?;
+        let committed_offsets: BTreeMap<(String, i32), i64> = self
+            .all_partitions()
+            .into_iter()
+            .filter_map(|(topic, partition)| {
+                let offset = cluster.committed_offset(&topic, partition)?;
+                Some(((topic, partition), offset))
+            })
+            .collect();
+        let ledger =
+            verify_ledger_over(&config, PIPELINE, &None, &committed_offsets, &mut |topic| {
+                Ok(owned_messages(&cluster, topic))
+            })?;
         for violation in ledger.violations {
             self.report.violation("ledger", violation);
         }
