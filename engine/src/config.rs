@@ -46,6 +46,11 @@ pub const fn default_restore_timeout_ms() -> u64 {
     300_000
 }
 
+/// Half a minute of commits at most to replay after a crash.
+pub const fn default_flush_interval_ms() -> u64 {
+    30_000
+}
+
 pub fn default_state_dir() -> PathBuf {
     PathBuf::from("./breadcrumb-state")
 }
@@ -197,6 +202,11 @@ pub struct StateConfig {
     /// Longest a partition's restore may take before the engine gives up and retries, ms.
     #[serde(default = "default_restore_timeout_ms")]
     pub restore_timeout_ms: u64,
+    /// Memtables are flushed to disk at the first commit after this long, ms. The WAL is off
+    /// (the changelog is the truth), so a crash loses what was not flushed and the restore
+    /// replays it from the changelog: this bounds that replay. 0: only when memtables fill.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
 }
 
 impl Default for StateConfig {
@@ -206,6 +216,7 @@ impl Default for StateConfig {
             block_cache_bytes: default_block_cache_bytes(),
             write_buffer_bytes: default_write_buffer_bytes(),
             restore_timeout_ms: default_restore_timeout_ms(),
+            flush_interval_ms: default_flush_interval_ms(),
         }
     }
 }

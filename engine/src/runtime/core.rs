@@ -155,6 +155,9 @@ pub struct Core<Io: KafkaIo = RdKafkaIo> {
     commit_interval: Duration,
     /// When operators last saw processing time.
     last_tick: Instant,
+    /// When memtables were last flushed, and how often they are (`None`: only when full).
+    last_flush: Instant,
+    flush_interval: Option<Duration>,
     input_limits: InputConfig,
     crash_guard: CrashGuard,
     /// Commit at the next opportunity (a quarantined record must not be processed again).
@@ -260,6 +263,9 @@ impl<Io: KafkaIo> Core<Io> {
             health,
             fatal: None,
             last_tick: Instant::now(),
+            last_flush: Instant::now(),
+            flush_interval: (config.state.flush_interval_ms > 0)
+                .then(|| Duration::from_millis(config.state.flush_interval_ms)),
             input_limits: config.input.clone(),
             crash_guard: CrashGuard::new(
                 &config.state.dir,
@@ -1148,6 +1154,14 @@ impl<Io: KafkaIo> Core<Io> {
             task.touched = false;
         }
         batch.write()?;
+        if self
+            .flush_interval
+            .is_some_and(|interval| self.last_flush.elapsed() >= interval)
+        {
+            // Processing time decides only when local state reaches the disk, never what it is.
+            self.backend.flush()?;
+            self.last_flush = Instant::now();
+        }
         if let Some(journal) = self.journal.as_mut() {
             let header = String::from_utf8_lossy(&self.transaction_header).into_owned();
             journal.outcome(&header, true)?;
