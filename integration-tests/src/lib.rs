@@ -29,6 +29,7 @@
 //!   takes ~5 s while clients are still connected.
 
 mod broker;
+pub mod invariants;
 mod kafka;
 pub mod model;
 mod registry;

@@ -302,7 +302,7 @@ fn engine_restart_after_sigkill_replays_only_the_changelog_tail() -> Result<()> 
     let env = [("BREADCRUMB__STATE__FLUSH_INTERVAL_MS", "1".to_owned())];
     produce_workload(&scenario, 2_000, 21)?;
     let first_log = dir.path().join("first.log");
-    let mut engine = EngineProcess::start_with_env(&config, &first_log, &env)?;
+    let engine = EngineProcess::start_with_env(&config, &first_log, &env)?;
     scenario
         .wait_until_consumed(CONSUME_TIMEOUT)
         .with_context(|| engine.log_tail(60))?;

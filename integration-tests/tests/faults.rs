@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use breadcrumb_engine::runtime::COMMIT_DELAY_ENV;
 use breadcrumb_integration_tests::{create_topics, Broker, Storage};
-use common::invariants::{check_invariants, plant_canaries, print_table, Input, Row};
+use common::invariants::{check_invariants, check_state, plant_canaries, print_table, Input, Row};
 use common::{free_port, scrape_metrics, EngineProcess, Scenario};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -159,7 +159,8 @@ fn faults_seeded_sigkills_broker_restart_and_lost_state_keep_every_invariant() -
 
     let journals = [journal];
     let mut found = check_invariants(&scenario, &config, &journals, &input)?;
-    found.check_state(
+    check_state(
+        &mut found,
         &config,
         &scenario.state_dir(dir.path(), "a"),
         &journals,
@@ -326,7 +327,8 @@ fn faults_rebalances_and_a_paused_instance_is_fenced() -> Result<()> {
     let stops_seen = a_log.matches("The process was stopped").count();
     let mut found = check_invariants(&scenario, &config_a, &journals, &input)?;
     // A owns every partition again: its state must be what the changelogs say.
-    found.check_state(
+    check_state(
+        &mut found,
         &config_a,
         &scenario.state_dir(dir.path(), "a"),
         &journals,

@@ -44,8 +44,8 @@ use breadcrumb_integration_tests::{
 };
 use breadcrumb_state::{StateBackend, StateOptions};
 use common::invariants::{
-    check_invariants, compare_states, plant_canaries, print_table, rebuild_from_changelog, Input,
-    Invariants, Row,
+    check_invariants, check_state, compare_states, plant_canaries, print_table,
+    rebuild_from_changelog, Input, Invariants, Row,
 };
 use common::{committed_transactions, Scenario};
 use rand::rngs::StdRng;
@@ -464,7 +464,8 @@ gap_timeout_ms = 20000
         let journals = [self.journal.clone()];
         let mut found =
             check_invariants(&self.scenario, &self.config_path, &journals, &self.input)?;
-        found.check_state(
+        check_state(
+            &mut found,
             &self.config_path,
             &self.scenario.state_dir(self.dir.path(), "a"),
             &journals,

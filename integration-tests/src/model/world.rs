@@ -3,7 +3,7 @@
 //! instance that resumes as a zombie after its partitions moved, and transaction timeouts; then
 //! every invariant checked against the log.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -17,22 +17,20 @@ use breadcrumb_engine::http::Health;
 use breadcrumb_engine::metrics::Metrics;
 use breadcrumb_engine::runtime::pipeline::{compile, declared_store_names};
 use breadcrumb_engine::runtime::{planned_topics_for, Core, CoreParts, StallFlag};
-use breadcrumb_engine::verify::verify_ledger_over;
+use breadcrumb_engine::verify::{verify_ledger_over, Report};
 use breadcrumb_schemas::{build_decoder, Envelope, RawRecord};
-use breadcrumb_state::{StateBackend, StateOptions, StoredValue};
+use breadcrumb_state::{StateBackend, StateOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 use rdkafka::TopicPartitionList;
 
 use super::log::{Cluster, ModelConsumer, ModelCrash, ModelMessage, ModelProducer, StoredRecord};
-
-/// Personal data planted in every event (`data.email`), tokenized by the pipeline's PII rule.
-pub const EMAIL_CANARY: &str = "canary.payer.5d1a@example.org";
-/// A secret in a redacted `[kafka]` key.
-pub const SECRET_CANARY: &str = "canary-secret-77f3e0";
-/// The PII rule's HMAC key.
-pub const PII_KEY_CANARY: &str = "canary-pii-key-0b9c4a8e";
+use crate::invariants::{
+    local_state, poison_coordinates, rebuild_from_changelog, Invariants, StoreContents,
+    EMAIL_CANARY, PII_KEY_CANARY, SECRET_CANARY,
+};
+use crate::ConsumedRecord;
 
 const INPUT_TOPIC: &str = "payments";
 const PIPELINE: &str = "payments";
@@ -944,18 +942,13 @@ impl World {
             .with_ansi(false)
             .with_writer(logs.clone())
             .finish();
-        let (mut report, outputs, mut metrics_text) =
+        let (mut report, outputs, metrics_text) =
             tracing::subscriber::with_default(subscriber, || self.run_logged(reference))?;
         let logs = logs.take();
-        metrics_text.push_str(&logs);
-        for canary in [EMAIL_CANARY, SECRET_CANARY, PII_KEY_CANARY] {
-            let found = metrics_text.matches(canary).count();
-            if found > 0 {
-                report.violation(
-                    "no canary in logs or metrics",
-                    format!("`{canary}` appears {found} time(s) in the logs or /metrics"),
-                );
-            }
+        let mut found = Invariants::default();
+        found.check_canaries(&[("the logs", &logs), ("/metrics", &metrics_text)]);
+        if found.canaries_leaked > 0 {
+            report.violation("no canary in logs or metrics", found.details.join("\n"));
         }
         report.log_bytes = logs.len() as u64;
         Ok((report, outputs))
@@ -1090,15 +1083,38 @@ impl World {
         Ok(self.finished())
     }
 
-    /// Checks every invariant against the log.
+    /// Checks every invariant against the log: the shared verifier's checks
+    /// ([`crate::invariants`]) over the model's records, then what only the model can check.
     fn check(&mut self, reference: Option<&Outputs>) -> Result<Outputs> {
         let config = self.instances[0].config.clone();
+        let pipeline = &config.pipelines[PIPELINE];
         let outputs = Outputs::read(&self.cluster, &config)?;
-        self.check_reads_and_outputs(&outputs);
-        if let Some(reference) = reference {
-            self.check_against(reference, &outputs);
+        let mut found = Invariants::default();
+
+        // No loss, no duplicates: `breadcrumb verify`'s tally and report.
+        let input = consumed_records(&self.cluster, INPUT_TOPIC);
+        let output = consumed_records(&self.cluster, &pipeline.output_topic);
+        let dead_letters = consumed_records(&self.cluster, &config.dead_letter_topic());
+        let mut exactly_once = Report {
+            input_records: input.len() as u64,
+            distinct_input_ids: self.new_ids.len() as u64,
+            output_records: output.len() as u64,
+            ..Report::default()
+        };
+        let mut output_counts: HashMap<String, u64> = HashMap::new();
+        for (_, id, _) in outputs.main.values().flatten() {
+            *output_counts.entry(id.clone()).or_default() += 1;
         }
-        // The reconciliation ledger against the topics.
+        exactly_once.tally(&self.new_ids, &output_counts, &BTreeSet::new());
+        found.check_exactly_once_report(exactly_once.exactly_once(), &exactly_once.render())?;
+        self.report.events_out = output_counts.len() as u64;
+        // Per-key order and dead letters exactly once, by the poison records' coordinates.
+        found.check_order(&output)?;
+        found.check_dead_letters(&dead_letters, &poison_coordinates(&input), self.poison);
+        self.report.dead_letters = dead_letters.len() as u64;
+
+        // The reconciliation ledger: `breadcrumb verify --ledger` over the model's topics, with
+        // the group's committed offsets.
         let cluster = self.cluster.clone();
         let committed_offsets: BTreeMap<(String, i32), i64> = self
             .all_partitions()
@@ -1112,16 +1128,13 @@ impl World {
             verify_ledger_over(&config, PIPELINE, &None, &committed_offsets, &mut |topic| {
                 Ok(owned_messages(&cluster, topic))
             })?;
-        for violation in ledger.violations {
-            self.report.violation("ledger", violation);
-        }
-        self.check_state(&config)?;
-        Ok(outputs)
-    }
+        found.check_ledger_report(ledger.consistent(), &ledger.render())?;
 
-    /// No aborted read, no loss, no duplicates, per-key order, dead letters once.
-    fn check_reads_and_outputs(&mut self, outputs: &Outputs) {
-        // Nothing the engine consumed or restored came from a transaction that did not commit.
+        self.check_state(&config, &mut found)?;
+        self.record(&found);
+
+        // What only the model can check: nothing read from an aborted transaction, and the
+        // same output as the fault-free run.
         let aborted_reads = self.cluster.stats().aborted_reads;
         if aborted_reads > 0 {
             self.report.violation(
@@ -1129,65 +1142,30 @@ impl World {
                 format!("the engine read {aborted_reads} records of aborted transactions"),
             );
         }
-        // Every new event's id once on the output topic.
-        let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
-        for (_, id, _) in outputs.main.values().flatten() {
-            *seen.entry(id.as_str()).or_default() += 1;
+        if let Some(reference) = reference {
+            self.check_against(reference, &outputs);
         }
-        for (id, count) in &seen {
-            if *count > 1 {
-                self.report
-                    .violation("no duplicates", format!("{id} published {count} times"));
-            }
-        }
-        let missing: Vec<&String> = self
-            .new_ids
-            .iter()
-            .filter(|id| !seen.contains_key(id.as_str()))
-            .collect();
-        if !missing.is_empty() {
-            self.report.violation(
-                "no loss",
-                format!(
-                    "{} new events never published, e.g. {:?}",
-                    missing.len(),
-                    &missing[..missing.len().min(3)]
-                ),
-            );
-        }
-        self.report.events_out = seen.len() as u64;
-        // Each account's sequence numbers ascend on the output topic.
-        for (key, events) in &outputs.main {
-            let sequences: Vec<u64> = events.iter().map(|(sequence, _, _)| *sequence).collect();
-            if sequences.windows(2).any(|pair| pair[0] >= pair[1]) {
-                self.report
-                    .violation("per-key order", format!("{key}: {sequences:?}"));
-            }
-        }
-        // Each poison record dead-lettered once.
-        let mut dead: BTreeMap<&(String, String), u64> = BTreeMap::new();
-        for source in &outputs.dead_letters {
-            *dead.entry(source).or_default() += 1;
-        }
-        for (source, count) in &dead {
-            if *count > 1 {
+        Ok(outputs)
+    }
+
+    /// Files the shared verifier's findings under the invariants' names.
+    fn record(&mut self, found: &Invariants) {
+        for (invariant, count) in [
+            ("no loss", found.lost),
+            ("no duplicates", found.duplicated),
+            ("per-key order", found.out_of_order),
+            ("dead letters once", found.dead_letters_wrong),
+            ("ledger", found.ledger_violations),
+            ("state equals changelog", found.state_mismatches),
+            ("no canary in logs or metrics", found.canaries_leaked),
+        ] {
+            if count > 0 {
                 self.report.violation(
-                    "dead letters once",
-                    format!("{source:?} dead-lettered {count} times"),
+                    invariant,
+                    format!("{count} found: {}", found.details.join("\n")),
                 );
             }
         }
-        if dead.len() as u64 != self.poison {
-            self.report.violation(
-                "dead letters once",
-                format!(
-                    "{} poison records in, {} dead-lettered",
-                    self.poison,
-                    dead.len()
-                ),
-            );
-        }
-        self.report.dead_letters = dead.len() as u64;
     }
 
     /// The same output whatever the schedule. Without a repartition topic the only
@@ -1223,10 +1201,11 @@ impl World {
         }
     }
 
-    /// State equals the state rebuilt from the committed changelog, on every running
-    /// instance, for every partition it owns.
-    fn check_state(&mut self, config: &EngineConfig) -> Result<()> {
+    /// Every running instance's RocksDB state, for the partitions it owns, against the state
+    /// rebuilt from the committed changelog.
+    fn check_state(&mut self, config: &EngineConfig, found: &mut Invariants) -> Result<()> {
         let stateful_topic = self.subscribed.last().expect("subscribed").clone();
+        let partitions = self.cluster.partitions(&stateful_topic);
         for index in 0..self.instances.len() {
             let Status::Running(engine) = &self.instances[index].status else {
                 continue;
@@ -1240,45 +1219,19 @@ impl World {
                 .collect();
             let backend = self.instances[index].backend.clone().expect("running");
             for store in declared_store_names(config) {
-                let changelog = self.cluster.read_committed(&config.changelog_topic(&store));
-                let id = backend.store_id(&store)?;
-                for &partition in &owned {
-                    let mut rebuilt = BTreeMap::new();
-                    for (_, record) in changelog.iter().filter(|(p, _)| *p == partition) {
-                        let key = record.key.clone().unwrap_or_default();
-                        match &record.value {
-                            Some(bytes) => {
-                                let value = StoredValue::decode(bytes, &store)?;
-                                rebuilt.insert(key, (value.expire_at_ms, value.payload.to_vec()));
-                            }
-                            None => {
-                                rebuilt.remove(&key);
-                            }
-                        }
-                    }
-                    let mut local = BTreeMap::new();
-                    backend
-                        .partition_store(id, partition)
-                        .for_each_committed(|key, value| {
-                            local
-                                .insert(key.to_vec(), (value.expire_at_ms, value.payload.to_vec()));
-                            Ok(())
-                        })?;
-                    if local != rebuilt {
-                        let differing = local
-                            .keys()
-                            .chain(rebuilt.keys())
-                            .filter(|key| local.get(*key) != rebuilt.get(*key))
-                            .count();
-                        self.report.violation(
-                            "state equals changelog",
-                            format!(
-                                "{}: store {store} partition {partition}: {differing} keys differ",
-                                self.instances[index].name
-                            ),
-                        );
-                    }
-                }
+                let changelog = consumed_records(&self.cluster, &config.changelog_topic(&store));
+                // Every record a read_committed reader sees committed.
+                let committed: BTreeSet<String> = changelog
+                    .iter()
+                    .filter_map(|record| record.header(breadcrumb_engine::headers::TRANSACTION))
+                    .collect();
+                let rebuilt: StoreContents =
+                    rebuild_from_changelog(&store, &changelog, &committed)?
+                        .into_iter()
+                        .filter(|((partition, _), _)| owned.contains(partition))
+                        .collect();
+                let local = local_state(&backend, &store, partitions, Some(&owned))?;
+                found.check_store(&store, &local, &rebuilt);
             }
         }
         Ok(())
@@ -1431,4 +1384,23 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
     fn make_writer(&'a self) -> LogBuffer {
         self.clone()
     }
+}
+
+/// A topic's committed records as the shared verifier takes them, by partition and offset.
+fn consumed_records(cluster: &Cluster, topic: &str) -> Vec<ConsumedRecord> {
+    cluster
+        .read_committed(topic)
+        .into_iter()
+        .map(|(partition, record)| ConsumedRecord {
+            partition,
+            offset: record.offset,
+            key: record.key,
+            value: record.value,
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(name, value)| (String::from_utf8_lossy(&name).into_owned(), value))
+                .collect(),
+        })
+        .collect()
 }
