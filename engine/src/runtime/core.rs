@@ -15,13 +15,13 @@ use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HE
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaError};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders, ToBytes};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use smallvec::SmallVec;
 
 use super::chain::{Sink, MAX_OPERATORS};
-use super::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
+use super::context::{EndOfPartitionContext, EngineContext};
 use super::edges::{fill_copy, CopyCoordinates, EdgeBuffer};
 use super::pipeline::{
     dead_letter_reason_index, decode_reason, port_index, repartition_key, Pipeline, Route, Stage,
@@ -63,7 +63,7 @@ const ABORTS_BEFORE_NEW_PRODUCER: u32 = 3;
 /// librdkafka's default `session.timeout.ms`.
 pub(super) const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
 
-pub type TransactionalProducer = ThreadedProducer<DeliveryContext>;
+pub use super::producer::TransactionalProducer;
 
 /// State of one input partition of a pipeline.
 struct Task {
@@ -882,9 +882,9 @@ impl Core {
                     let metadata = consumer.group_metadata().ok_or_else(|| {
                         EngineError::Fatal("consumer has no group metadata".to_owned())
                     })?;
-                    if let Err(error) = self.producer.send_offsets_to_transaction(
+                    if let Err(error) = self.producer.send_offsets_to_transaction_bounded(
                         &offsets,
-                        &metadata,
+                        metadata,
                         KAFKA_CALL_TIMEOUT,
                     ) {
                         return self.recover(consumer, error);

@@ -12,6 +12,7 @@ pub mod context;
 mod core;
 mod edges;
 pub mod pipeline;
+mod producer;
 mod quarantine;
 pub mod restore;
 mod split;
@@ -30,6 +31,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use self::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
 use self::core::{Core, CoreParts};
 pub use self::core::{COMMIT_DELAY_ENV, PANIC_ON_ID_ENV};
+use self::producer::TransactionalProducer;
 use self::stall::StallFlag;
 use crate::config::{EngineConfig, ProcessingGuarantee};
 use crate::error::{EngineError, Result};
@@ -295,7 +297,10 @@ fn run_once(
         pipelines,
         routes,
         backend: backend.clone(),
-        producer,
+        producer: TransactionalProducer::new(
+            producer,
+            Duration::from_millis(config.transaction_timeout_ms),
+        ),
         restore_consumer,
         journal,
         metrics: metrics.clone(),
