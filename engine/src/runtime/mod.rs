@@ -84,7 +84,8 @@ fn consumer_config(config: &EngineConfig) -> ClientConfig {
     client
 }
 
-fn restore_consumer_config(config: &EngineConfig) -> ClientConfig {
+/// The consumer that restores state from changelogs, one store partition at a time.
+pub fn restore_consumer_config(config: &EngineConfig) -> ClientConfig {
     let mut client = base_client_config(config);
     client
         .set("group.id", format!("{}-restore", config.application_id))
@@ -92,8 +93,18 @@ fn restore_consumer_config(config: &EngineConfig) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
+    // A restore ends at the partition's end, which a fetch reports only after waiting
+    // `fetch.wait.max.ms` for more data (500 ms by default), and the next partition's
+    // watermark query can queue behind that wait: 0.5 to 1 s per store partition, empty or
+    // not, at every assignment.
+    if !config.kafka.contains_key("fetch.wait.max.ms") {
+        client.set("fetch.wait.max.ms", RESTORE_FETCH_WAIT_MS.to_string());
+    }
     client
 }
+
+/// `fetch.wait.max.ms` of the restore consumer (unless `[kafka]` sets one).
+const RESTORE_FETCH_WAIT_MS: u64 = 20;
 
 fn producer_config(config: &EngineConfig) -> ClientConfig {
     let mut client = base_client_config(config);

@@ -8,6 +8,7 @@ use prometheus::{IntCounter, IntGauge};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::context::EndOfPartitionContext;
@@ -140,6 +141,10 @@ pub fn restore_partition(
                 }
                 break Ok(());
             }
+            Some(Err(error)) if is_transient(&error) => {
+                // librdkafka reconnects and fetches again by itself; the timeout bounds the wait.
+                tracing::debug!(%error, topic = changelog_topic, partition, "Restore consumer error.");
+            }
             Some(Err(error)) => break Err(error.into()),
             None => {}
         }
@@ -161,4 +166,18 @@ pub fn restore_partition(
         "Restored state."
     );
     Ok(next)
+}
+
+/// Consumer errors that only report a broker connection going away (a broker restarting, a
+/// leader moving): librdkafka recovers from them without the application's help.
+fn is_transient(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::Resolve
+        )
+    )
 }
