@@ -20,7 +20,9 @@
 //!   error would rejoin at offset 0 and republish everything.
 //!
 //! Seeds are fixed (`BREADCRUMB_FAULT_SEED` replays another); run with `--nocapture` for the
-//! tables.
+//! tables. To see what librdkafka does, set `BREADCRUMB_TEST_KAFKA_DEBUG` to its `debug` contexts
+//! (`eos,cgrp,broker`) and `BREADCRUMB_TEST_LOG` to a log filter that lets them through
+//! (`info,librdkafka=debug`).
 
 mod common;
 
@@ -70,6 +72,10 @@ const INPUT_BROKER: i32 = 1;
 const ENGINE_BROKER: i32 = 2;
 /// Time for the engine to catch up with a chunk, faults included.
 const CATCH_UP: Duration = Duration::from_secs(45);
+/// The suite runs on a compressed clock (6 s sessions, brokers down for 0.5 to 2.5 s), and so do
+/// its clients' reconnects: librdkafka's backoff doubles up to 10 s by default, which would keep
+/// a member away from a group coordinator that is back for longer than its session lasts.
+const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
 
 fn seed(default: u64) -> u64 {
     let seed = std::env::var("BREADCRUMB_FAULT_SEED")
@@ -87,7 +93,9 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let sink = buffer.clone();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("BREADCRUMB_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            ))
             .with_ansi(false)
             .with_writer(move || LogSink(sink.clone()))
             .try_init();
@@ -197,6 +205,10 @@ impl OffsetMirror {
             .set("enable.auto.commit", "false")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
+            .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX_MS.to_string(),
+            )
             .create()?;
         consumer.subscribe(&[own_topic])?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -357,6 +369,11 @@ impl Fixture {
         let mut scenario = Scenario::new(&bootstrap, name);
         scenario.commit_interval_ms = 50;
         scenario.session_timeout_ms = Some(6_000);
+        scenario.kafka_toml =
+            format!("\"reconnect.backoff.max.ms\" = \"{RECONNECT_BACKOFF_MAX_MS}\"");
+        if let Ok(debug) = std::env::var("BREADCRUMB_TEST_KAFKA_DEBUG") {
+            scenario.kafka_toml += &format!("\n\"debug\" = \"{debug}\"");
+        }
         scenario.extra_toml = format!(
             r#"
 [pipelines.payments.ordering]
@@ -838,17 +855,13 @@ fn mock_coordinator_moves_leader_moves_and_broker_outages() -> Result<()> {
     found.ensure_none()
 }
 
-/// A restore consumer as the engine configures one.
-fn restore_consumer(bootstrap: &str) -> Result<BaseConsumer<EndOfPartitionContext>> {
-    Ok(base_config(bootstrap)
+/// A restore consumer as the engine configures one (in a group of its own).
+fn restore_consumer(config: &EngineConfig) -> Result<BaseConsumer<EndOfPartitionContext>> {
+    Ok(runtime::restore_consumer_config(config)
         .set(
             "group.id",
             breadcrumb_integration_tests::unique_name("restore"),
         )
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
         .create_with_context(EndOfPartitionContext)?)
 }
 
@@ -906,6 +919,8 @@ fn write_changelog_copy(
             "transactional.id",
             breadcrumb_integration_tests::unique_name("compactor"),
         )
+        // Each transaction is sent whole before it commits: nothing to linger for.
+        .set("linger.ms", "0")
         .create()?;
     producer.init_transactions(Duration::from_secs(10))?;
     for (partition, records) in partitions {
@@ -930,9 +945,27 @@ fn write_changelog_copy(
                 }
                 producer.send(base).map_err(|(error, _)| error)?;
             }
+            await_deliveries(&producer)?;
             producer.commit_transaction(Duration::from_secs(10))?;
             index += size;
         }
+    }
+    Ok(())
+}
+
+/// Serves the producer's delivery reports until none is outstanding. `commit_transaction`
+/// flushes first, and rust-rdkafka's flush polls in 100 ms steps that each last their full
+/// 100 ms: a commit whose reports are still unserved waits 100 ms, which over the thousands of
+/// small transactions of the copies was minutes of idling.
+fn await_deliveries(producer: &BaseProducer) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while producer.in_flight_count() > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "{} deliveries still outstanding after 10 s",
+            producer.in_flight_count()
+        );
+        producer.poll(Duration::from_millis(1));
     }
     Ok(())
 }
@@ -1013,7 +1046,7 @@ fn compacted_changelogs_restore_the_same_state() -> Result<()> {
         &stores,
         &StateOptions::default(),
     )?;
-    let consumer = restore_consumer(&bootstrap)?;
+    let consumer = restore_consumer(&fixture.config)?;
     let metrics = RestoreMetrics {
         applied: prometheus::IntCounter::new("applied", "applied")?,
         remaining: prometheus::IntGauge::new("remaining", "remaining")?,
