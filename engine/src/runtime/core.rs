@@ -13,13 +13,11 @@ use breadcrumb_schemas::{DecodeErrorClass, Decoder, Envelope, HeaderRef, RawReco
 use breadcrumb_state::format::encode_input_offset;
 use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
 use rdkafka::error::{KafkaError, RDKafkaError};
-use rdkafka::producer::ThreadedProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use smallvec::SmallVec;
 
 use super::chain::{Sink, MAX_OPERATORS};
-use super::context::DeliveryContext;
 use super::edges::{fill_copy, CopyCoordinates, EdgeBuffer};
 use super::io::{GroupIo, Incoming, KafkaIo, OutRecord, RdKafkaIo};
 use super::pipeline::{
@@ -60,8 +58,6 @@ const ABORTS_BEFORE_NEW_PRODUCER: u32 = 3;
 
 /// librdkafka's default `session.timeout.ms`.
 pub(super) const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
-
-pub type TransactionalProducer = ThreadedProducer<DeliveryContext>;
 
 /// State of one input partition of a pipeline.
 struct Task {
@@ -897,7 +893,7 @@ impl<Io: KafkaIo> Core<Io> {
                     })?;
                     if let Err(error) =
                         self.io
-                            .send_offsets_to_transaction(&offsets, &metadata, KAFKA_CALL_TIMEOUT)
+                            .send_offsets_to_transaction(&offsets, metadata, KAFKA_CALL_TIMEOUT)
                     {
                         return self.recover(consumer, error);
                     }

@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use smallvec::SmallVec;
 
 use super::context::{DeliveryContext, DeliveryTag, EndOfPartitionContext, EngineContext};
-use super::core::TransactionalProducer;
+use super::producer::TransactionalProducer;
 use crate::error::{EngineError, Result};
 use crate::raw_headers::read_headers;
 
@@ -72,7 +72,7 @@ pub trait KafkaIo {
     fn send_offsets_to_transaction(
         &self,
         offsets: &TopicPartitionList,
-        metadata: &Self::GroupMetadata,
+        metadata: Self::GroupMetadata,
         timeout: Duration,
     ) -> std::result::Result<(), KafkaError>;
     fn commit_transaction(&self, timeout: Duration) -> std::result::Result<(), KafkaError>;
@@ -200,11 +200,12 @@ impl KafkaIo for RdKafkaIo {
     fn send_offsets_to_transaction(
         &self,
         offsets: &TopicPartitionList,
-        metadata: &ConsumerGroupMetadata,
+        metadata: ConsumerGroupMetadata,
         timeout: Duration,
     ) -> std::result::Result<(), KafkaError> {
+        // Bounded: librdkafka's own call can block forever (see `producer.rs`).
         self.producer
-            .send_offsets_to_transaction(offsets, metadata, timeout)
+            .send_offsets_to_transaction_bounded(offsets, metadata, timeout)
     }
 
     fn commit_transaction(&self, timeout: Duration) -> std::result::Result<(), KafkaError> {
@@ -278,6 +279,11 @@ impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
                     }
                     break Ok(next);
                 }
+                Some(Err(error)) if is_transient(&error) => {
+                    // librdkafka reconnects and fetches again by itself; the timeout bounds
+                    // the wait.
+                    tracing::debug!(%error, topic, partition, "Restore consumer error.");
+                }
                 Some(Err(error)) => break Err(error.into()),
                 None => {}
             }
@@ -285,6 +291,20 @@ impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
         self.unassign()?;
         outcome
     }
+}
+
+/// Consumer errors that only report a broker connection going away (a broker restarting, a
+/// leader moving): librdkafka recovers from them without the application's help.
+fn is_transient(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::Resolve
+        )
+    )
 }
 
 impl GroupIo for BaseConsumer<EngineContext> {

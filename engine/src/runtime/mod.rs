@@ -13,6 +13,7 @@ mod core;
 mod edges;
 pub mod io;
 pub mod pipeline;
+mod producer;
 mod quarantine;
 pub mod restore;
 mod split;
@@ -31,6 +32,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use self::context::{DeliveryContext, EndOfPartitionContext, EngineContext};
 pub use self::core::{Core, CoreParts, COMMIT_DELAY_ENV, PANIC_ON_ID_ENV};
 use self::io::RdKafkaIo;
+use self::producer::TransactionalProducer;
 pub use self::stall::StallFlag;
 use crate::config::{EngineConfig, ProcessingGuarantee};
 use crate::error::{EngineError, Result};
@@ -83,7 +85,8 @@ fn consumer_config(config: &EngineConfig) -> ClientConfig {
     client
 }
 
-fn restore_consumer_config(config: &EngineConfig) -> ClientConfig {
+/// The consumer that restores state from changelogs, one store partition at a time.
+pub fn restore_consumer_config(config: &EngineConfig) -> ClientConfig {
     let mut client = base_client_config(config);
     client
         .set("group.id", format!("{}-restore", config.application_id))
@@ -91,8 +94,18 @@ fn restore_consumer_config(config: &EngineConfig) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
+    // A restore ends at the partition's end, which a fetch reports only after waiting
+    // `fetch.wait.max.ms` for more data (500 ms by default), and the next partition's
+    // watermark query can queue behind that wait: 0.5 to 1 s per store partition, empty or
+    // not, at every assignment.
+    if !config.kafka.contains_key("fetch.wait.max.ms") {
+        client.set("fetch.wait.max.ms", RESTORE_FETCH_WAIT_MS.to_string());
+    }
     client
 }
+
+/// `fetch.wait.max.ms` of the restore consumer (unless `[kafka]` sets one).
+const RESTORE_FETCH_WAIT_MS: u64 = 20;
 
 fn producer_config(config: &EngineConfig) -> ClientConfig {
     let mut client = base_client_config(config);
@@ -305,7 +318,10 @@ fn run_once(
         routes,
         backend: backend.clone(),
         io: RdKafkaIo {
-            producer,
+            producer: TransactionalProducer::new(
+                producer,
+                Duration::from_millis(config.transaction_timeout_ms),
+            ),
             restore_consumer,
         },
         journal,

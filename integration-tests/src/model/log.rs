@@ -616,7 +616,7 @@ impl KafkaIo for ModelProducer {
     fn send_offsets_to_transaction(
         &self,
         offsets: &TopicPartitionList,
-        metadata: &ModelGroupMetadata,
+        metadata: ModelGroupMetadata,
         _timeout: Duration,
     ) -> std::result::Result<(), KafkaError> {
         self.call(|state, id| {
@@ -1057,7 +1057,7 @@ mod tests {
         producer.send(&record("out", 0, b"x")).unwrap();
         let metadata = member.group_metadata().unwrap();
         producer
-            .send_offsets_to_transaction(&offsets("in", 0, 5), &metadata, TIMEOUT)
+            .send_offsets_to_transaction(&offsets("in", 0, 5), metadata, TIMEOUT)
             .unwrap();
         // Pending offsets: a new owner's fetch is refused as unstable, not answered stale.
         let mut asked = TopicPartitionList::new();
@@ -1075,7 +1075,7 @@ mod tests {
         producer.send(&record("out", 0, b"zombie")).unwrap();
         let stale = member.group_metadata().unwrap();
         assert!(producer
-            .send_offsets_to_transaction(&offsets("in", 0, 9), &stale, TIMEOUT)
+            .send_offsets_to_transaction(&offsets("in", 0, 9), stale, TIMEOUT)
             .is_err());
         producer.abort_transaction(TIMEOUT).unwrap();
         assert_eq!(cluster.committed_offset("in", 0), Some(5));
