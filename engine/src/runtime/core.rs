@@ -311,9 +311,19 @@ impl<Io: KafkaIo> Core<Io> {
             return Ok(());
         }
         if self.guarantee == ProcessingGuarantee::ExactlyOnce {
-            self.io
-                .begin_transaction()
-                .map_err(fatal_unless_retriable)?;
+            if let Err(error) = self.io.begin_transaction() {
+                // Each failed begin is rewound like an abort; a producer that cannot begin
+                // again and again is replaced instead of being asked forever (the model tier
+                // found a fenced producer asked 200,000 times).
+                self.aborts_in_a_row += 1;
+                if self.aborts_in_a_row >= ABORTS_BEFORE_NEW_PRODUCER {
+                    return Err(EngineError::Fatal(format!(
+                        "{} transactions could not begin in a row, the last with: {error}",
+                        self.aborts_in_a_row
+                    )));
+                }
+                return Err(fatal_unless_retriable(error));
+            }
         }
         self.transaction_sequence += 1;
         self.transaction_header.clear();
@@ -1797,9 +1807,22 @@ fn is_retriable(error: &KafkaError) -> bool {
 }
 
 fn fatal_unless_retriable(error: KafkaError) -> EngineError {
-    match &error {
-        KafkaError::Transaction(inner) if is_fatal(inner) => EngineError::Fatal(error.to_string()),
-        _ => EngineError::Kafka(error),
+    let fatal = match &error {
+        KafkaError::Transaction(inner) => is_fatal(inner),
+        // A fenced producer never recovers, whatever wraps the code.
+        other => matches!(
+            other.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        ),
+    };
+    if fatal {
+        EngineError::Fatal(error.to_string())
+    } else {
+        EngineError::Kafka(error)
     }
 }
 
