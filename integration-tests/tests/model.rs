@@ -212,3 +212,22 @@ fn model_checks_catch_a_log_that_shows_aborted_records() -> Result<()> {
     );
     Ok(())
 }
+
+/// The soak's one violation, kept until it is fixed: a restore that stops at the last stable
+/// offset while another member's transaction is still open in the changelog misses records
+/// committed behind it, yet checkpoints the group's committed input offset (see
+/// `DETERMINISTIC_MODEL.md`, open findings).
+#[test]
+#[ignore = "open finding: a restore blocked by another member's open transaction in the changelog \
+            misses the records committed behind it (local state lacks 2 dedupe keys)"]
+fn model_restore_behind_an_open_transaction_misses_nothing() -> Result<()> {
+    quiet_injected_crashes();
+    let seed = 30_803_249_450_455_971;
+    let report = run_seed(seed)?;
+    ensure!(
+        report.violation_count() == 0,
+        "seed {seed}: {:#?}",
+        report.violations
+    );
+    Ok(())
+}
