@@ -12,7 +12,9 @@ use anyhow::{ensure, Context, Result};
 use breadcrumb_engine::demo_lineage::{check, CopyRecord};
 use breadcrumb_engine::generate_commerce::{self, CommerceSpec};
 use breadcrumb_integration_tests::{base_config, consume_all, create_topics, Broker, Storage};
-use common::{assert_ledger_consistent, committed_transactions, verify, EngineProcess, Scenario};
+use common::{
+    assert_ledger_consistent, committed_transactions, is_committed, verify, EngineProcess, Scenario,
+};
 
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(180);
 const PARTITIONS: i32 = 4;
@@ -102,28 +104,22 @@ fn lineage_joins_events_to_spans_and_parents_exactly_across_kills() -> Result<()
     ensure!(exactly_once, "verify failed:\n{report}");
     assert_ledger_consistent(&config, std::slice::from_ref(&journal))?;
 
-    // Nisshi shows aborted records to read_committed readers: keep committed transactions'
-    // (the last `breadcrumb-txn`: the first is the repartition stage's).
+    // Nisshi shows aborted records to read_committed readers: keep committed transactions'.
     let committed = committed_transactions(&[journal])?;
-    let is_committed = |record: &breadcrumb_integration_tests::ConsumedRecord| {
-        record
-            .last_header("breadcrumb-txn")
-            .is_some_and(|txn| committed.contains(&txn))
-    };
     let mut enriched = consume_all(
         &scenario.bootstrap,
         &scenario.output_topic,
         1,
         Duration::from_secs(30),
     )?;
-    enriched.retain(|record| is_committed(record));
+    enriched.retain(|record| is_committed(record, &committed));
     let mut edges = consume_all(
         &scenario.bootstrap,
         &lineage_topic,
         1,
         Duration::from_secs(30),
     )?;
-    edges.retain(|record| is_committed(record));
+    edges.retain(|record| is_committed(record, &committed));
     let copies: Vec<CopyRecord<'_>> = enriched
         .iter()
         .map(|record| CopyRecord {

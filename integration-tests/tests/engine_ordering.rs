@@ -13,7 +13,9 @@ use breadcrumb_engine::generate::{self, RecordKind, Workload, WorkloadSpec};
 use breadcrumb_integration_tests::{
     base_config, consume_all, create_topics, produce, Broker, Storage, TestRecord,
 };
-use common::{assert_ledger_consistent, committed_transactions, verify, EngineProcess, Scenario};
+use common::{
+    assert_ledger_consistent, committed_transactions, is_committed, verify, EngineProcess, Scenario,
+};
 
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(180);
 /// Partitions of the input topic.
@@ -141,11 +143,6 @@ gap_timeout_ms = 20000
     assert_ledger_consistent(&config, std::slice::from_ref(&journal))?;
 
     let committed = committed_transactions(&[journal])?;
-    let is_committed = |record: &breadcrumb_integration_tests::ConsumedRecord| {
-        record
-            .header("breadcrumb-txn")
-            .is_some_and(|txn| committed.contains(&txn))
-    };
     // Per account, output sequence numbers strictly increase (one account, one key, one
     // partition: offset order is output order).
     let mut output = consume_all(
@@ -154,7 +151,7 @@ gap_timeout_ms = 20000
         1,
         Duration::from_secs(30),
     )?;
-    output.retain(|record| is_committed(record));
+    output.retain(|record| is_committed(record, &committed));
     output.sort_by_key(|record| (record.partition, record.offset));
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
     for record in &output {
@@ -179,7 +176,10 @@ gap_timeout_ms = 20000
     let gaps_topic = format!("{}-gaps", scenario.output_topic);
     let gaps = consume_all(&scenario.bootstrap, &gaps_topic, 1, Duration::from_secs(30))?;
     let mut reported: BTreeSet<(String, u64)> = BTreeSet::new();
-    for record in gaps.iter().filter(|record| is_committed(record)) {
+    for record in gaps
+        .iter()
+        .filter(|record| is_committed(record, &committed))
+    {
         let gap: serde_json::Value =
             serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
         let account = gap["key"]["subject"]
@@ -211,7 +211,7 @@ gap_timeout_ms = 20000
     let late_records = consume_all(&scenario.bootstrap, &late_topic, 0, Duration::from_secs(5))?;
     let late = late_records
         .iter()
-        .filter(|record| is_committed(record))
+        .filter(|record| is_committed(record, &committed))
         .count();
     ensure!(
         late == 0,

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use breadcrumb_operators::lineage::Span;
 use breadcrumb_operators::{Header as OperatorHeader, Port};
-use breadcrumb_schemas::encode::AvroRecordEncoder;
 use breadcrumb_schemas::otlp::{parse_request, service_name, span_identity, Batch};
-use breadcrumb_schemas::{DecodeErrorClass, Decoder, Envelope, HeaderRef, RawRecord};
+use breadcrumb_schemas::{DecodeErrorClass, Envelope, HeaderRef, RawRecord};
 use breadcrumb_state::format::encode_input_offset;
 use breadcrumb_state::{Checkpoint, PartitionStore, StateBackend, INPUT_OFFSET_HEADER};
 use rdkafka::error::{KafkaError, RDKafkaError};
@@ -21,8 +20,8 @@ use super::chain::{Sink, MAX_OPERATORS};
 use super::edges::{fill_copy, CopyCoordinates, EdgeBuffer};
 use super::io::{GroupIo, Incoming, KafkaIo, OutRecord, RdKafkaIo};
 use super::pipeline::{
-    dead_letter_reason_index, decode_reason, port_index, repartition_key, Pipeline, Route, Stage,
-    DEAD_LETTER_REASONS,
+    dead_letter_reason_index, decode_reason, port_index, repartition_key, Pipeline,
+    PipelineOutputs, Route, Stage, DEAD_LETTER_REASONS,
 };
 use super::quarantine::{CrashGuard, Verdict};
 use super::restore::{restore_partition, RestoreMetrics, RestoreTarget};
@@ -630,21 +629,16 @@ impl<Io: KafkaIo> Core<Io> {
                         task.touched = true;
                         task.last_offset = offset;
                         ledger.side_input += 1;
+                        let (chain, outputs) = pipeline.chain_and_outputs();
                         let mut publisher = Publisher {
                             producer,
                             transaction: transaction_header,
-                            port_topics: &pipeline.port_topics,
-                            port_encoders: &pipeline.port_encoders,
-                            last_operator: pipeline.chain.len() - 1,
                             dead_letter_topic,
-                            pipeline: &pipeline.name,
+                            outputs,
                             pipeline_index: index,
-                            tracks_copies: pipeline.joins_lineage,
-                            withhold_payload: pipeline.withhold_dead_letter_payload,
                             add_source_headers,
                             counts,
                             ledger,
-                            decoder: pipeline.decoder.as_ref(),
                             released_envelope,
                             edges: lineage_edges,
                             error: None,
@@ -667,10 +661,10 @@ impl<Io: KafkaIo> Core<Io> {
                                 start_time_ms: (span_ref.start_time_unix_nano / 1_000_000) as i64,
                                 end_time_ms: (span_ref.end_time_unix_nano / 1_000_000) as i64,
                             };
-                            pipeline.chain.process_span(
+                            chain.process_span(
                                 &span,
                                 &mut task.stores,
-                                pipeline.decoder.as_ref(),
+                                outputs.decoder,
                                 &mut publisher,
                             )?;
                             if let Some(error) = publisher.error.take() {
@@ -709,30 +703,25 @@ impl<Io: KafkaIo> Core<Io> {
                         })?;
                         task.touched = true;
                         task.last_offset = offset;
+                        let (chain, outputs) = pipeline.chain_and_outputs();
                         let mut publisher = Publisher {
                             producer,
                             transaction: transaction_header,
-                            port_topics: &pipeline.port_topics,
-                            port_encoders: &pipeline.port_encoders,
-                            last_operator: pipeline.chain.len() - 1,
                             dead_letter_topic,
-                            pipeline: &pipeline.name,
+                            outputs,
                             pipeline_index: index,
-                            tracks_copies: pipeline.joins_lineage,
-                            withhold_payload: pipeline.withhold_dead_letter_payload,
                             add_source_headers,
                             counts,
                             ledger,
-                            decoder: pipeline.decoder.as_ref(),
                             released_envelope,
                             edges: lineage_edges,
                             error: None,
                         };
-                        pipeline.chain.process(
+                        chain.process(
                             &record,
                             envelope,
                             &mut task.stores,
-                            pipeline.decoder.as_ref(),
+                            outputs.decoder,
                             &mut publisher,
                         )?;
                         if let Some(error) = publisher.error {
@@ -814,31 +803,21 @@ impl<Io: KafkaIo> Core<Io> {
             task.touched = true;
             // Records of a repartition topic already carry their source headers.
             let add_source_headers = pipeline.repartition.is_none();
+            let (chain, outputs) = pipeline.chain_and_outputs();
             let mut publisher = Publisher {
                 producer,
                 transaction: transaction_header,
-                port_topics: &pipeline.port_topics,
-                port_encoders: &pipeline.port_encoders,
-                last_operator: pipeline.chain.len() - 1,
                 dead_letter_topic,
-                pipeline: &pipeline.name,
+                outputs,
                 pipeline_index: index,
-                tracks_copies: pipeline.joins_lineage,
-                withhold_payload: pipeline.withhold_dead_letter_payload,
                 add_source_headers,
                 counts: &mut pipeline_counts[index],
                 ledger,
-                decoder: pipeline.decoder.as_ref(),
                 released_envelope,
                 edges: lineage_edges,
                 error: None,
             };
-            pipeline.chain.on_processing_time(
-                &mut task.stores,
-                now_ms,
-                pipeline.decoder.as_ref(),
-                &mut publisher,
-            )?;
+            chain.on_processing_time(&mut task.stores, now_ms, outputs.decoder, &mut publisher)?;
             if let Some(error) = publisher.error {
                 return Err(error.into());
             }
@@ -1519,20 +1498,12 @@ impl<Io: KafkaIo> Core<Io> {
 struct Publisher<'a, Io> {
     producer: &'a Io,
     transaction: &'a [u8],
-    port_topics: &'a [Option<String>; Port::ALL.len()],
-    port_encoders: &'a [Option<AvroRecordEncoder>; Port::ALL.len()],
-    last_operator: usize,
     dead_letter_topic: &'a str,
-    pipeline: &'a str,
+    outputs: PipelineOutputs<'a>,
     pipeline_index: usize,
-    /// Main output is lineage's copies: their delivery reports are tracked for the edges.
-    tracks_copies: bool,
-    /// Dead letters carry coordinates only (the pipeline rewrites personal data).
-    withhold_payload: bool,
     add_source_headers: bool,
     counts: &'a mut PipelineCounts,
     ledger: &'a mut LedgerCounts,
-    decoder: &'a dyn Decoder,
     released_envelope: &'a mut Envelope,
     edges: &'a mut EdgeBuffer,
     error: Option<KafkaError>,
@@ -1547,7 +1518,7 @@ impl<Io: KafkaIo> Sink for Publisher<'_, Io> {
         event: Option<&Envelope>,
         extra: &[OperatorHeader<'_>],
     ) {
-        debug_assert!(port != Port::Main || operator == self.last_operator);
+        debug_assert!(port != Port::Main || operator == self.outputs.last_operator);
         let index = port_index(port);
         self.counts.ports[operator][index] += 1;
         match port {
@@ -1557,7 +1528,7 @@ impl<Io: KafkaIo> Sink for Publisher<'_, Io> {
                     // Released from state: decoding is deterministic, so this is the id the
                     // event had when it arrived (a checker decodes the output the same way).
                     self.released_envelope.clear();
-                    let _ = self.decoder.decode(record, self.released_envelope);
+                    let _ = self.outputs.decoder.decode(record, self.released_envelope);
                     self.ledger.add_output(self.released_envelope.id.as_bytes());
                 }
             },
@@ -1569,7 +1540,7 @@ impl<Io: KafkaIo> Sink for Publisher<'_, Io> {
             // (Sampling pipelines are not reconciled by the ledger yet.)
             Port::Decisions | Port::Lineage => {}
         }
-        let Some(topic) = &self.port_topics[index] else {
+        let Some(topic) = &self.outputs.port_topics[index] else {
             return;
         };
         if self.error.is_some() {
@@ -1585,7 +1556,7 @@ impl<Io: KafkaIo> Sink for Publisher<'_, Io> {
             );
             return;
         }
-        let tag = if port == Port::Main && self.tracks_copies {
+        let tag = if port == Port::Main && self.outputs.tracks_copies {
             self.edges.next_copy_tag()
         } else {
             0
@@ -1597,7 +1568,7 @@ impl<Io: KafkaIo> Sink for Publisher<'_, Io> {
         // Generated records (rare: gap records) are re-encoded when the port has an encoder.
         let encoded;
         let mut avro = Vec::new();
-        let record = match &self.port_encoders[index] {
+        let record = match &self.outputs.port_encoders[index] {
             Some(encoder) => match encoder.encode_json(record.value.unwrap_or_default(), &mut avro)
             {
                 Ok(()) => {
@@ -1637,8 +1608,8 @@ impl<Io: KafkaIo> Sink for Publisher<'_, Io> {
         let dead_letters = DeadLetters {
             producer: self.producer,
             topic: self.dead_letter_topic,
-            pipeline: self.pipeline,
-            withhold_payload: self.withhold_payload,
+            pipeline: self.outputs.name,
+            withhold_payload: self.outputs.withhold_payload,
             transaction: self.transaction,
             add_source_headers: self.add_source_headers,
         };

@@ -122,6 +122,38 @@ pub struct Pipeline {
     pub metrics: PipelineMetrics,
 }
 
+/// What publishing a pipeline's results reads of it, borrowed beside its chain (which operators
+/// borrow mutably while they publish).
+#[derive(Clone, Copy)]
+pub struct PipelineOutputs<'a> {
+    pub name: &'a str,
+    pub port_topics: &'a [Option<String>; Port::ALL.len()],
+    pub port_encoders: &'a [Option<AvroRecordEncoder>; Port::ALL.len()],
+    pub decoder: &'a dyn Decoder,
+    /// Main output is lineage's copies: their delivery reports are tracked for the edges.
+    pub tracks_copies: bool,
+    /// Dead letters carry coordinates only (the pipeline rewrites personal data).
+    pub withhold_payload: bool,
+    /// The operator whose main output leaves the pipeline.
+    pub last_operator: usize,
+}
+
+impl Pipeline {
+    /// The chain, and what publishing its results reads of the pipeline.
+    pub fn chain_and_outputs(&mut self) -> (&mut OperatorChain, PipelineOutputs<'_>) {
+        let outputs = PipelineOutputs {
+            name: &self.name,
+            port_topics: &self.port_topics,
+            port_encoders: &self.port_encoders,
+            decoder: self.decoder.as_ref(),
+            tracks_copies: self.joins_lineage,
+            withhold_payload: self.withhold_dead_letter_payload,
+            last_operator: self.chain.len() - 1,
+        };
+        (&mut self.chain, outputs)
+    }
+}
+
 pub fn port_index(port: Port) -> usize {
     port.index()
 }

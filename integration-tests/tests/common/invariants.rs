@@ -173,11 +173,7 @@ pub fn only_committed(
 ) -> Vec<ConsumedRecord> {
     records
         .into_iter()
-        .filter(|record| {
-            record
-                .header("breadcrumb-txn")
-                .is_some_and(|txn| committed.contains(&txn))
-        })
+        .filter(|record| super::is_committed(record, committed))
         .collect()
 }
 

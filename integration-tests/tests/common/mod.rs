@@ -409,6 +409,17 @@ pub fn committed_transactions(journals: &[PathBuf]) -> Result<std::collections::
     Ok(committed)
 }
 
+/// Whether `record` was written by a committed transaction: its last `breadcrumb-txn` (a
+/// record that crossed a repartition topic carries the first stage's too).
+pub fn is_committed(
+    record: &breadcrumb_integration_tests::ConsumedRecord,
+    committed: &std::collections::BTreeSet<String>,
+) -> bool {
+    record
+        .last_header(breadcrumb_engine::headers::TRANSACTION)
+        .is_some_and(|txn| committed.contains(&txn))
+}
+
 /// A free loopback port (for an engine's `/metrics`).
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
