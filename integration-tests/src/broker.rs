@@ -1,5 +1,6 @@
 //! A Nisshi broker child process.
 
+use std::collections::BTreeMap;
 use std::env;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -154,6 +155,40 @@ impl Broker {
 
     pub fn storage(&self) -> &Storage {
         &self.options.storage
+    }
+
+    /// The metadata committed with the group's offsets of `topic` (partition -> metadata), read
+    /// from the broker's SQLite database: Nisshi 0.7.0 stores offset metadata, also from
+    /// `TxnOffsetCommit`, but answers every `OffsetFetch` with an empty one.
+    pub fn stored_offset_metadata(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, String>> {
+        let Storage::Sqlite(path) = &self.options.storage else {
+            bail!("offset metadata can only be read from a broker on SQLite storage");
+        };
+        let database =
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .with_context(|| format!("opening {}", path.display()))?;
+        database.busy_timeout(Duration::from_secs(10))?;
+        let mut query = database.prepare(
+            "select tp.partition, co.metadata
+             from consumer_offset co
+             join consumer_group cg on cg.id = co.consumer_group
+             join topition tp on tp.id = co.topition
+             join topic t on t.id = tp.topic
+             where cg.name = ?1 and t.name = ?2",
+        )?;
+        let rows = query.query_map([group, topic], |row| {
+            Ok((row.get::<_, i32>(0)?, row.get::<_, Option<String>>(1)?))
+        })?;
+        let mut metadata = BTreeMap::new();
+        for row in rows {
+            let (partition, text) = row?;
+            metadata.insert(partition, text.unwrap_or_default());
+        }
+        Ok(metadata)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use breadcrumb_engine::generate::{self, ProducedCounts, WorkloadSpec};
+use breadcrumb_engine::runtime::restore::ChangelogEnds;
 use breadcrumb_integration_tests::{
     base_config, consume_all, create_topics, Broker, ConsumedRecord, Storage,
 };
-use common::{assert_ledger_consistent, committed_transactions, verify, EngineProcess, Scenario};
+use common::{
+    assert_ledger_consistent, committed_transactions, is_committed, verify, EngineProcess, Scenario,
+};
 
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -186,6 +189,29 @@ fn engine_dedupes_end_to_end_and_dead_letters_poison() -> Result<()> {
             Some("poison"),
             "original key kept"
         );
+    }
+
+    // Each committed input offset carries where its task's changelogs end: the offset after the
+    // last record a committed transaction wrote there, which a restore must reach.
+    let committed = committed_transactions(&journals)?;
+    let stored = broker.stored_offset_metadata(&scenario.application_id, &scenario.input_topic)?;
+    ensure!(stored.len() == 4, "committed offsets' metadata: {stored:?}");
+    for (partition, metadata) in &stored {
+        let ends = ChangelogEnds::parse(metadata);
+        ensure!(
+            ends.ends().count() > 0,
+            "partition {partition}: no changelog ends in the committed metadata {metadata:?}"
+        );
+        for (store, end) in ends.ends() {
+            let changelog = format!("{}-{store}-changelog", scenario.application_id);
+            let last = consume_all(&scenario.bootstrap, &changelog, 1, Duration::from_secs(30))?
+                .into_iter()
+                .filter(|record| record.partition == *partition && is_committed(record, &committed))
+                .map(|record| record.offset)
+                .max()
+                .with_context(|| format!("{changelog}[{partition}] has no committed record"))?;
+            assert_eq!(end, last + 1, "{changelog}[{partition}]: ends {metadata:?}");
+        }
     }
     Ok(())
 }

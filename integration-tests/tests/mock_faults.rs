@@ -1151,6 +1151,7 @@ fn compacted_changelogs_restore_the_same_state() -> Result<()> {
                         changelog_topic: &copy,
                         partition,
                         committed_input,
+                        committed_changelog_end: None,
                     },
                     Duration::from_secs(30),
                     &metrics,
@@ -1189,6 +1190,7 @@ fn compacted_changelogs_restore_the_same_state() -> Result<()> {
                 changelog_topic: &copy,
                 partition,
                 committed_input,
+                committed_changelog_end: None,
             };
             write_changelog_copy(
                 &bootstrap,

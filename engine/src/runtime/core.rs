@@ -24,7 +24,7 @@ use super::pipeline::{
     PipelineOutputs, Route, Stage, DEAD_LETTER_REASONS,
 };
 use super::quarantine::{CrashGuard, Verdict};
-use super::restore::{restore_partition, RestoreMetrics, RestoreTarget};
+use super::restore::{restore_partition, ChangelogEnds, RestoreMetrics, RestoreTarget};
 use super::split::{SplitError, TraceSplitter};
 use super::stall::StallFlag;
 use crate::config::{EngineConfig, InputConfig, ProcessingGuarantee};
@@ -851,16 +851,24 @@ impl<Io: KafkaIo> Core<Io> {
         if self.membership_in_doubt(consumer) {
             return self.abort_in_doubt(consumer);
         }
-        if let Err(error) = self
-            .publish_lineage_edges()
-            .and_then(|()| self.write_changelogs())
-            .and_then(|()| self.write_ledger())
-        {
-            return match error {
-                EngineError::Kafka(kafka) => self.recover(consumer, kafka),
-                other => Err(other),
-            };
+        let written = self.publish_lineage_edges().and_then(|()| {
+            let changelog_records = self.write_changelogs()?;
+            self.write_ledger()?;
+            Ok(changelog_records)
+        });
+        let changelog_records = match written {
+            Ok(records) => records,
+            Err(EngineError::Kafka(kafka)) => return self.recover(consumer, kafka),
+            Err(other) => return Err(other),
+        };
+        // The changelog records' offsets must be known before the input offsets join the
+        // transaction: their metadata carries where each changelog now ends.
+        if changelog_records > 0 || self.guarantee == ProcessingGuarantee::AtLeastOnce {
+            if let Err(error) = self.io.flush(KAFKA_CALL_TIMEOUT) {
+                return self.recover(consumer, error);
+            }
         }
+        let delivered = self.io.deliveries().take_changelog_offsets();
         let mut offsets = TopicPartitionList::new();
         let mut journal_offsets = Vec::new();
         for ((route, partition), position) in &self.positions {
@@ -871,6 +879,11 @@ impl<Io: KafkaIo> Core<Io> {
                     *partition,
                     Offset::Offset(position.last_processed + 1),
                 )?;
+                if let Some(metadata) = self.changelog_ends(*route, *partition, &delivered) {
+                    if let Some(mut element) = offsets.find_partition(topic, *partition) {
+                        element.set_metadata(metadata);
+                    }
+                }
                 journal_offsets.push((topic.clone(), *partition, position.last_processed + 1));
             }
         }
@@ -910,9 +923,6 @@ impl<Io: KafkaIo> Core<Io> {
                 }
             }
             ProcessingGuarantee::AtLeastOnce => {
-                if let Err(error) = self.io.flush(KAFKA_CALL_TIMEOUT) {
-                    return self.recover(consumer, error);
-                }
                 if self.io.deliveries().take_failed() {
                     return self.recover(
                         consumer,
@@ -924,7 +934,34 @@ impl<Io: KafkaIo> Core<Io> {
                 }
             }
         }
-        self.after_commit(started)
+        self.after_commit(started, &delivered)
+    }
+
+    /// The metadata committed with input partition `partition` of `route`: where each of its
+    /// task's changelogs ends once this transaction commits (see [`ChangelogEnds`]).
+    fn changelog_ends(
+        &self,
+        route: usize,
+        partition: i32,
+        delivered: &HashMap<(usize, i32), i64>,
+    ) -> Option<String> {
+        let Stage::Stateful { pipeline } = self.routes[route].stage else {
+            return None;
+        };
+        let task = self.tasks.get(&(pipeline, partition))?;
+        let ends =
+            self.pipelines[pipeline]
+                .stores
+                .iter()
+                .enumerate()
+                .map(|(store_index, (store, _))| {
+                    let slot = self.changelog_slot[pipeline][store_index];
+                    let end = delivered
+                        .get(&(slot, partition))
+                        .map_or(task.changelog_next[store_index], |offset| offset + 1);
+                    (self.backend.store_name(*store), end)
+                });
+        ChangelogEnds::encode(ends)
     }
 
     /// Whether the group may have given this instance's partitions to another member while the
@@ -1032,7 +1069,9 @@ impl<Io: KafkaIo> Core<Io> {
     }
 
     /// Writes the operators' checkpoints and every dirty store entry to the changelogs.
-    fn write_changelogs(&mut self) -> Result<()> {
+    /// Sends the open transaction's state changes to the changelogs; returns how many.
+    fn write_changelogs(&mut self) -> Result<usize> {
+        let mut sent = 0;
         for ((pipeline_index, partition), task) in self.tasks.iter_mut() {
             if !task.touched {
                 continue;
@@ -1057,10 +1096,11 @@ impl<Io: KafkaIo> Core<Io> {
                         timestamp_ms: None,
                         tag: slot + 1,
                     })?;
+                    sent += 1;
                 }
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Writes a ledger record for every partition the open transaction touched (after the
@@ -1113,8 +1153,11 @@ impl<Io: KafkaIo> Core<Io> {
         Ok(())
     }
 
-    fn after_commit(&mut self, started: Instant) -> Result<()> {
-        let delivered = self.io.deliveries().take_changelog_offsets();
+    fn after_commit(
+        &mut self,
+        started: Instant,
+        delivered: &HashMap<(usize, i32), i64>,
+    ) -> Result<()> {
         let mut batch = self.backend.commit_batch();
         for ((pipeline_index, partition), task) in self.tasks.iter_mut() {
             if !task.touched {
@@ -1417,12 +1460,15 @@ impl<Io: KafkaIo> Core<Io> {
             };
             let partition = element.partition();
             self.positions.insert((route, partition), Position::new(-1));
-            let committed_input = committed
-                .find_partition(element.topic(), partition)
-                .and_then(|found| match found.offset() {
-                    Offset::Offset(offset) => Some(offset),
-                    _ => None,
-                });
+            let found = committed.find_partition(element.topic(), partition);
+            let committed_input = found.as_ref().and_then(|found| match found.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            });
+            let changelog_ends = found
+                .filter(|_| committed_input.is_some())
+                .map(|found| ChangelogEnds::parse(found.metadata()))
+                .unwrap_or_default();
             self.crash_guard
                 .assign(route, element.topic(), partition, committed_input)?;
             let Stage::Stateful { pipeline: index } = self.routes[route].stage else {
@@ -1441,6 +1487,8 @@ impl<Io: KafkaIo> Core<Io> {
                         changelog_topic: topic,
                         partition,
                         committed_input,
+                        committed_changelog_end: changelog_ends
+                            .end_of(self.backend.store_name(*store)),
                     },
                     restore_timeout,
                     &self.restore_metrics[slot],

@@ -89,13 +89,15 @@ pub trait ChangelogSource {
     ) -> std::result::Result<(i64, i64), KafkaError>;
     /// Reads a changelog partition's committed records from `start` to its end as a
     /// `read_committed` reader sees it (the last stable offset), handing each to `apply`, and
-    /// returns the offset the reader reached. Gives up with [`EngineError::RestoreTimeout`] once
-    /// `timeout` has passed.
+    /// returns the offset the reader reached. While that end is short of `until` (committed
+    /// records sit behind an open transaction), keeps reading as the end moves. Gives up with
+    /// [`EngineError::RestoreTimeout`] once `timeout` has passed.
     fn read_changelog(
         &self,
         topic: &str,
         partition: i32,
         start: i64,
+        until: i64,
         timeout: Duration,
         apply: &mut dyn FnMut(ChangelogRecord<'_>) -> Result<()>,
     ) -> Result<i64>;
@@ -190,7 +192,7 @@ impl KafkaIo for RdKafkaIo {
     }
 
     fn flush(&self, timeout: Duration) -> std::result::Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.producer.flush_deliveries(timeout)
     }
 
     fn deliveries(&self) -> &DeliveryContext {
@@ -231,10 +233,12 @@ impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
         topic: &str,
         partition: i32,
         start: i64,
+        until: i64,
         timeout: Duration,
         apply: &mut dyn FnMut(ChangelogRecord<'_>) -> Result<()>,
     ) -> Result<i64> {
         let started = Instant::now();
+        let mut waiting_reported = false;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
         self.assign(&assignment)?;
@@ -277,7 +281,22 @@ impl ChangelogSource for BaseConsumer<EndOfPartitionContext> {
                             }
                         }
                     }
-                    break Ok(next);
+                    if next >= until {
+                        break Ok(next);
+                    }
+                    // librdkafka signals the end again once the stable offset has moved and
+                    // the reader has caught up with it.
+                    if !waiting_reported {
+                        waiting_reported = true;
+                        tracing::info!(
+                            topic,
+                            partition,
+                            stable_end = next,
+                            committed_end = until,
+                            "Committed changelog records sit behind an open transaction; \
+                             waiting for its coordinator to end it (transaction.timeout.ms)."
+                        );
+                    }
                 }
                 Some(Err(error)) if is_transient(&error) => {
                     // librdkafka reconnects and fetches again by itself; the timeout bounds

@@ -21,7 +21,7 @@
 
 use std::ops::Deref;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -33,6 +33,8 @@ use super::context::DeliveryContext;
 
 /// Time librdkafka gets past its own timeout to answer before the call is given up.
 const GRACE: Duration = Duration::from_secs(5);
+/// How often a flush looks again whether every delivery report is in.
+const FLUSH_RECHECK: Duration = Duration::from_micros(200);
 
 /// The engine's transactional (or idempotent) producer. Everything but
 /// [`TransactionalProducer::send_offsets_to_transaction_bounded`] is the plain
@@ -88,6 +90,28 @@ impl TransactionalProducer {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 Err(KafkaError::Global(RDKafkaErrorCode::Fail))
+            }
+        }
+    }
+}
+
+impl TransactionalProducer {
+    /// Waits until every enqueued record has its delivery report, within `timeout`.
+    ///
+    /// rust-rdkafka's `flush` polls the delivery queue for up to 100 ms per round, but on a
+    /// threaded producer the background thread serves the reports, so that poll idles its full
+    /// 100 ms on every commit. Here each round only asks librdkafka to send what lingers
+    /// (`rd_kafka_flush` with no wait) and looks again shortly.
+    pub fn flush_deliveries(&self, timeout: Duration) -> KafkaResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.inner.flush(Duration::ZERO) {
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(FLUSH_RECHECK);
+                }
+                outcome => return outcome,
             }
         }
     }

@@ -90,7 +90,26 @@ struct OpenTxn {
     serial: u64,
     partitions: BTreeSet<(String, i32)>,
     /// Offsets sent to the transaction, committed with it.
-    offsets: BTreeMap<(String, i32), i64>,
+    offsets: BTreeMap<(String, i32), CommittedOffset>,
+}
+
+/// A group's committed offset of a partition, with the metadata committed with it.
+#[derive(Debug, Clone)]
+struct CommittedOffset {
+    offset: i64,
+    metadata: String,
+}
+
+impl CommittedOffset {
+    fn of(element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> Option<Self> {
+        match element.offset() {
+            Offset::Offset(offset) => Some(Self {
+                offset,
+                metadata: element.metadata().to_owned(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +132,8 @@ pub struct LogStats {
     pub aborted_reads: u64,
     /// Producer calls answered with an injected abortable error.
     pub injected_errors: u64,
+    /// Restores that found committed changelog records behind an open transaction.
+    pub blocked_restores: u64,
 }
 
 #[derive(Debug, Default)]
@@ -123,7 +144,7 @@ struct State {
     producers: BTreeMap<String, ProducerState>,
     generation: u32,
     members: BTreeSet<String>,
-    committed: BTreeMap<(String, i32), i64>,
+    committed: BTreeMap<(String, i32), CommittedOffset>,
     /// Round-robin position per topic for records without a key or partition.
     round_robin: BTreeMap<String, i32>,
     crash_at: Option<u64>,
@@ -391,7 +412,7 @@ impl Cluster {
             .borrow()
             .committed
             .get(&(topic.to_owned(), partition))
-            .copied()
+            .map(|committed| committed.offset)
     }
 
     /// Group membership changes: the generation moves on, so offsets sent with an older one
@@ -636,9 +657,9 @@ impl KafkaIo for ModelProducer {
                     RDKafkaErrorCode::InvalidTransactionalState,
                 ))?;
             for element in offsets.elements() {
-                if let Offset::Offset(offset) = element.offset() {
+                if let Some(committed) = CommittedOffset::of(&element) {
                     open.offsets
-                        .insert((element.topic().to_owned(), element.partition()), offset);
+                        .insert((element.topic().to_owned(), element.partition()), committed);
                 }
             }
             Ok(())
@@ -687,11 +708,13 @@ impl ChangelogSource for ModelProducer {
                 .get(topic)
                 .and_then(|partitions| partitions.get(partition as usize))
                 .map(|log| {
+                    // As librdkafka answers a read_committed client: the high watermark is the
+                    // last stable offset.
                     (
                         log.records
                             .first()
                             .map_or(log.next_offset, |record| record.offset),
-                        log.next_offset,
+                        Cluster::last_stable(&state, topic, partition),
                     )
                 })
                 .ok_or(KafkaError::Global(
@@ -707,6 +730,7 @@ impl ChangelogSource for ModelProducer {
         topic: &str,
         partition: i32,
         start: i64,
+        until: i64,
         _timeout: Duration,
         apply: &mut dyn FnMut(ChangelogRecord<'_>) -> breadcrumb_engine::error::Result<()>,
     ) -> breadcrumb_engine::error::Result<i64> {
@@ -730,6 +754,17 @@ impl ChangelogSource for ModelProducer {
             })?;
         }
         self.cluster.step();
+        if position < until {
+            // Committed records sit behind an open transaction. No time passes inside a call
+            // here: the restore gives up as it would at its timeout, and the world lets the
+            // coordinator's transaction timeout pass before the member tries again.
+            self.cluster.state.borrow_mut().stats.blocked_restores += 1;
+            return Err(breadcrumb_engine::error::EngineError::RestoreTimeout {
+                topic: topic.to_owned(),
+                partition,
+                elapsed_ms: 0,
+            });
+        }
         Ok(position)
     }
 }
@@ -875,11 +910,19 @@ impl GroupIo for ModelConsumer {
             } else {
                 let mut answer = TopicPartitionList::new();
                 for element in partitions.elements() {
-                    let offset = state
+                    let committed = state
                         .committed
-                        .get(&(element.topic().to_owned(), element.partition()))
-                        .map_or(Offset::Invalid, |offset| Offset::Offset(*offset));
+                        .get(&(element.topic().to_owned(), element.partition()));
+                    let offset = committed.map_or(Offset::Invalid, |committed| {
+                        Offset::Offset(committed.offset)
+                    });
                     answer.add_partition_offset(element.topic(), element.partition(), offset)?;
+                    if let (Some(committed), Some(mut added)) = (
+                        committed,
+                        answer.find_partition(element.topic(), element.partition()),
+                    ) {
+                        added.set_metadata(&committed.metadata);
+                    }
                 }
                 Ok(answer)
             }
@@ -893,10 +936,10 @@ impl GroupIo for ModelConsumer {
         {
             let mut state = self.cluster.state.borrow_mut();
             for element in offsets.elements() {
-                if let Offset::Offset(offset) = element.offset() {
+                if let Some(committed) = CommittedOffset::of(&element) {
                     state
                         .committed
-                        .insert((element.topic().to_owned(), element.partition()), offset);
+                        .insert((element.topic().to_owned(), element.partition()), committed);
                 }
             }
         }
@@ -1020,6 +1063,97 @@ mod tests {
         // A broken log (as the test brokers are) shows the aborted record too.
         cluster.show_aborted_records();
         assert_eq!(values(&cluster, "out").len(), 4);
+    }
+
+    /// Sends a changelog record of `key`, written for input offset `input_offset`.
+    fn send_state(producer: &ModelProducer, key: &[u8], input_offset: i64) {
+        let value = breadcrumb_state::format::StoredValue::encode(i64::MAX, b"seen");
+        let input = breadcrumb_state::format::encode_input_offset(input_offset);
+        producer
+            .send(&OutRecord {
+                topic: "changelog",
+                partition: Some(0),
+                key: Some(key),
+                value: Some(&value),
+                headers: &[(INPUT_OFFSET_HEADER, Some(&input[..]))],
+                timestamp_ms: None,
+                tag: 0,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_restore_reads_past_an_open_transaction_to_the_end_committed_with_the_offsets() {
+        use breadcrumb_engine::error::EngineError;
+        use breadcrumb_engine::runtime::restore::{
+            restore_partition, RestoreMetrics, RestoreTarget,
+        };
+        use breadcrumb_state::{StateBackend, StateOptions};
+
+        let cluster = Cluster::new();
+        cluster.create_topic("changelog", 1);
+        // The old owner dies with a transaction open in the changelog (input offset 0)...
+        let dead = ModelProducer::init(cluster.clone(), "dead");
+        dead.begin_transaction().unwrap();
+        send_state(&dead, b"uncommitted", 0);
+        // ...and the new owner commits input offsets 0 and 1 with their state behind it:
+        // records at 1 and 2, so the changelog ends at 3 as of that commit.
+        let owner = ModelProducer::init(cluster.clone(), "owner");
+        owner.begin_transaction().unwrap();
+        send_state(&owner, b"first", 0);
+        send_state(&owner, b"second", 1);
+        owner.commit_transaction(TIMEOUT).unwrap();
+        assert_eq!(owner.changelog_watermarks("changelog", 0).unwrap(), (0, 0));
+
+        let dir = tempfile::TempDir::new().unwrap();
+        let backend =
+            StateBackend::open(dir.path(), &["store".to_owned()], &StateOptions::default())
+                .unwrap();
+        let store = backend.store_id("store").unwrap();
+        let metrics = RestoreMetrics {
+            applied: prometheus::IntCounter::new("applied", "applied").unwrap(),
+            remaining: prometheus::IntGauge::new("remaining", "remaining").unwrap(),
+        };
+        let target = RestoreTarget {
+            store,
+            changelog_topic: "changelog",
+            partition: 0,
+            committed_input: Some(2),
+            committed_changelog_end: Some(3),
+        };
+        let keys = |backend: &StateBackend| {
+            let mut keys = Vec::new();
+            backend
+                .partition_store(store, 0)
+                .for_each_committed(|key, _| {
+                    keys.push(key.to_vec());
+                    Ok(())
+                })
+                .unwrap();
+            keys
+        };
+        // Without the end, the stable offset looks like the end: nothing is restored, and the
+        // committed input offsets would be trusted over a state that lacks both keys.
+        let blind = RestoreTarget {
+            committed_changelog_end: None,
+            ..target
+        };
+        assert_eq!(
+            restore_partition(&owner, &backend, blind, TIMEOUT, &metrics).unwrap(),
+            0
+        );
+        assert!(keys(&backend).is_empty());
+        // With it, the restore waits for the open transaction (the model gives up at once).
+        assert!(matches!(
+            restore_partition(&owner, &backend, target, TIMEOUT, &metrics),
+            Err(EngineError::RestoreTimeout { .. })
+        ));
+        // Once the coordinator has timed it out, the committed records are read.
+        assert!(cluster.time_out_transaction("dead"));
+        let reached = restore_partition(&owner, &backend, target, TIMEOUT, &metrics).unwrap();
+        assert_eq!(reached, 5, "past both markers");
+        assert_eq!(keys(&backend), vec![b"first".to_vec(), b"second".to_vec()]);
+        assert_eq!(cluster.stats().blocked_restores, 1);
     }
 
     #[test]

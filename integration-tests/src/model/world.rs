@@ -97,6 +97,8 @@ pub struct ScheduleReport {
     pub injected_errors: u64,
     pub transaction_timeouts: u64,
     pub unstable_offset_fetches: u64,
+    /// Restores that waited out an open transaction hiding committed changelog records.
+    pub blocked_restores: u64,
     pub committed_transactions: u64,
     pub aborted_transactions: u64,
     pub aborted_records: u64,
@@ -128,6 +130,7 @@ impl ScheduleReport {
         self.injected_errors += other.injected_errors;
         self.transaction_timeouts += other.transaction_timeouts;
         self.unstable_offset_fetches += other.unstable_offset_fetches;
+        self.blocked_restores += other.blocked_restores;
         self.committed_transactions += other.committed_transactions;
         self.aborted_transactions += other.aborted_transactions;
         self.aborted_records += other.aborted_records;
@@ -158,6 +161,10 @@ impl ScheduleReport {
                 self.transaction_timeouts,
             ),
             ("unstable offset fetches", self.unstable_offset_fetches),
+            (
+                "restores waiting out an open transaction",
+                self.blocked_restores,
+            ),
             ("client restarts after fatal errors", self.client_restarts),
         ] {
             out.push_str(&format!("| {fault} | {count} |\n"));
@@ -666,7 +673,8 @@ impl World {
                     }
                     Call::Failed(error) => {
                         // An unstable offset fetch (a transaction still holds offsets for the
-                        // partition) fails the assignment; the member rejoins.
+                        // partition), or a restore that must read past an open transaction,
+                        // fails the assignment; the member rejoins.
                         self.trace(format!("assignment failed: {error}"));
                         // The member retries until the transaction holding the offsets ends:
                         // its owner resumes, or the coordinator times it out. Time passes.
@@ -1027,6 +1035,7 @@ impl World {
         self.report.committed_transactions = stats.committed_transactions;
         self.report.aborted_transactions = stats.aborted_transactions;
         self.report.unstable_offset_fetches = stats.unstable_offset_fetches;
+        self.report.blocked_restores = stats.blocked_restores;
         self.report.stale_generation_commits = stats.stale_generation_commits;
         self.report.aborted_records = self.cluster.aborted_records();
         // Close what runs, as a shutdown would.
