@@ -1068,8 +1068,8 @@ impl<Io: KafkaIo> Core<Io> {
         Ok(())
     }
 
-    /// Writes the operators' checkpoints and every dirty store entry to the changelogs.
-    /// Sends the open transaction's state changes to the changelogs; returns how many.
+    /// Writes the operators' checkpoints and every dirty store entry to the changelogs;
+    /// returns how many records it sent.
     fn write_changelogs(&mut self) -> Result<usize> {
         let mut sent = 0;
         for ((pipeline_index, partition), task) in self.tasks.iter_mut() {

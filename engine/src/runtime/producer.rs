@@ -93,9 +93,7 @@ impl TransactionalProducer {
             }
         }
     }
-}
 
-impl TransactionalProducer {
     /// Waits until every enqueued record has its delivery report, within `timeout`.
     ///
     /// rust-rdkafka's `flush` polls the delivery queue for up to 100 ms per round, but on a

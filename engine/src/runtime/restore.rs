@@ -90,10 +90,9 @@ impl ChangelogEnds {
 
     /// The end recorded for `store`.
     pub fn end_of(&self, store: &str) -> Option<i64> {
-        self.ends
-            .iter()
-            .find(|(name, _)| name == store)
-            .map(|(_, next)| *next)
+        self.ends()
+            .find(|(name, _)| *name == store)
+            .map(|(_, next)| next)
     }
 }
 
